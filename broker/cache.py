@@ -1,0 +1,115 @@
+"""The local credential cache: which cached credential may be served, and how it is printed.
+
+This module is on the cache-hit path (see fastpath.py), so it uses the standard library only and
+reads the ledger with plain sqlite3. Everything that writes goes through SQLAlchemy elsewhere; the
+two meet in the column names below, and tests/test_schema.py fails if they drift apart.
+"""
+
+# The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
+# of migrations/versions; db.py refuses databases whose revision it does not know.
+SCHEMA_HEAD = "0001"
+
+# The cache rule. botocore re-runs credential_process on every request once less than 15 minutes
+# remain, and STS credentials may live only 15 minutes, so: reuse a credential while at least
+# min(15 minutes, half its lifetime) remains, and never serve one with under a minute left.
+REFRESH_WINDOW = 15 * 60
+MIN_REMAINING = 60
+
+STS_TYPES = ("assumed_role", "federation_token", "session_token")
+CREDENTIAL_TYPES = ("iam_user", *STS_TYPES)
+
+# What a request is made of; a profile supplies defaults, command-line flags override them.
+REQUEST_FIELDS = ("mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type")
+
+SCHEMA_QUERY = "SELECT version_num FROM alembic_version"
+PROFILE_QUERY = (
+    "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type "
+    "FROM profiles WHERE name = ?"
+)
+HIT_QUERY = (
+    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at FROM leases "
+    "WHERE cache_key = ? AND state = 'active' AND secret IS NOT NULL AND expires_at > ? "
+    "ORDER BY expires_at DESC LIMIT 1"
+)
+
+
+def reusable(started_at: int, expires_at: int, now: float) -> bool:
+    """True while the credential has enough life left to be served without issuing a new one."""
+    remaining = expires_at - now
+    lifetime = expires_at - started_at
+    return remaining >= max(MIN_REMAINING, min(REFRESH_WINDOW, lifetime // 2))
+
+
+def still_valid(expires_at: int, now: float) -> bool:
+    """True while a credential may still be served at all (Vault down: better than nothing)."""
+    return expires_at - now >= MIN_REMAINING
+
+
+def merge_request(profile: dict | None, flags: dict) -> dict:
+    """The effective request: each flag given on the command line overrides the profile's value."""
+    merged = dict.fromkeys(REQUEST_FIELDS)
+    if profile:
+        merged.update({k: v for k, v in profile.items() if k in merged})
+    merged.update({k: v for k, v in flags.items() if k in merged and v not in (None, "")})
+    return merged
+
+
+def endpoint_for(credential_type: str | None, ttl: int | None, role_arn: str | None) -> str:
+    """`creds` or `sts`. The role decides the credential type in Vault; the path matters only for
+    legacy roles, so use `sts` whenever the request is known or looks like an STS request."""
+    if credential_type == "iam_user":
+        return "creds"
+    if credential_type or ttl or role_arn:
+        return "sts"
+    return "creds"
+
+
+def cache_key(vault_addr: str, namespace: str, request: dict) -> str:
+    """Requests with equal keys may share a cached credential. A generated (unique) session name is
+    not part of the request, so it does not split the cache; one the user chose does."""
+    endpoint = endpoint_for(request["credential_type"], request["ttl"], request["role_arn"])
+    parts = (
+        vault_addr,
+        namespace or "",
+        (request["mount"] or "").strip("/"),
+        endpoint,
+        request["role"] or "",
+        str(request["ttl"] or ""),
+        request["role_arn"] or "",
+        request["role_session_name"] or "",
+    )
+    return "|".join(parts)
+
+
+def find_hit(conn, key: str, now: float):
+    """The freshest cached row for `key` that may be served: (id, access_key_id, sealed_secret,
+    started_at, expires_at), or None."""
+    row = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
+    if row is None or not reusable(row[3], row[4], now):
+        return None
+    return row
+
+
+def iso_utc(epoch: float) -> str:
+    """`YYYY-MM-DDTHH:MM:SSZ`: the one timestamp form every AWS SDK reads the same way."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _plain(value: str) -> bool:
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+
+
+def render_process_json(access_key_id: str, secret_key: str, session_token: str | None, expires_at: float) -> str:
+    """The credential_process object. Built by hand for the usual characters (no json import on a
+    hit), through json for anything else."""
+    fields = [("Version", 1), ("AccessKeyId", access_key_id), ("SecretAccessKey", secret_key)]
+    if session_token:
+        fields.append(("SessionToken", session_token))
+    fields.append(("Expiration", iso_utc(expires_at)))
+    if all(_plain(v) for _, v in fields[1:]):
+        return "{" + ", ".join(f'"{k}": {v}' if k == "Version" else f'"{k}": "{v}"' for k, v in fields) + "}"
+    import json
+
+    return json.dumps(dict(fields))

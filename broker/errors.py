@@ -1,0 +1,88 @@
+"""The exceptions a user can act on. Each carries its exit code; cli.py is the one place that turns
+them into a line on stderr. Messages never contain a secret, a token or a password."""
+
+
+class BrokerError(Exception):
+    """Base class: a failure with a one-line explanation of what to do next."""
+
+    exit_code = 1
+
+
+class UsageError(BrokerError):
+    """Bad input on the command line or in the environment."""
+
+    exit_code = 2
+
+
+class ProfileNotFound(UsageError):
+    exit_code = 3
+
+
+class VaultError(BrokerError):
+    """Vault could not give us what we asked for."""
+
+    exit_code = 4
+
+
+class VaultUnreachable(VaultError):
+    pass
+
+
+class VaultTimeout(VaultUnreachable):
+    """Vault took the request but did not answer in time: it may have acted on it."""
+
+
+class VaultSealed(VaultError):
+    pass
+
+
+class VaultDenied(VaultError):
+    pass
+
+
+class VaultRejected(VaultError):
+    """Vault answered 4xx to a well-formed request (unknown role, bad parameter)."""
+
+
+class VaultBadResponse(VaultError):
+    """Vault (or whatever answered) sent something that is not a usable Vault response."""
+
+
+class DatabaseError(BrokerError):
+    exit_code = 5
+
+
+class DatabaseLocked(DatabaseError):
+    pass
+
+
+class DatabaseCorrupt(DatabaseError):
+    pass
+
+
+class DatabaseTooNew(DatabaseError):
+    pass
+
+
+class PathNotWritable(DatabaseError):
+    pass
+
+
+class UnsafePermissions(DatabaseError):
+    pass
+
+
+class LeaseNotRecorded(BrokerError):
+    """Vault issued a lease but the ledger could not record it (the lease was revoked)."""
+
+    exit_code = 6
+
+
+class LockTimeout(BrokerError):
+    exit_code = 7
+
+
+class PartialFailure(BrokerError):
+    """Some of many operations failed; the summary was already printed."""
+
+    exit_code = 8

@@ -1,0 +1,115 @@
+"""The cache hit, answered without Click, SQLAlchemy, Alembic or hvac.
+
+`broker credential-process` runs once per AWS CLI command and on every botocore refresh, so a hit
+must cost little more than starting Python. This module answers the common case with one profile
+query and one lease query through the standard library's sqlite3 and prints the JSON. Anything
+else (a miss, an unfamiliar flag, a database that needs migrating, unsafe permissions, any error)
+returns None and the full CLI takes over, with its validation and its error messages.
+"""
+
+import os
+import sqlite3
+import stat
+import sys
+import time
+
+from broker import cache, crypto, durations, settings
+
+FLAG_FIELDS = {
+    "--profile": "profile",
+    "--mount": "mount",
+    "--role": "role",
+    "--ttl": "ttl",
+    "--role-arn": "role_arn",
+    "--role-session-name": "role_session_name",
+    "--credential-type": "credential_type",
+}
+GLOBAL_FLAGS = {"--db": "db", "--ledger-url": "ledger_url"}
+
+
+def parse(argv: list) -> dict | None:
+    """`[--db P] [--ledger-url U] credential-process FLAGS` into a dict, or None if it is anything else."""
+    options: dict = {}
+    table = GLOBAL_FLAGS
+    i = 0
+    seen_command = False
+    while i < len(argv):
+        word = argv[i]
+        if not seen_command and word == "credential-process":
+            seen_command, table = True, FLAG_FIELDS
+            i += 1
+            continue
+        name, eq, value = word.partition("=")
+        if name not in table:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 1
+        if table[name] in options:
+            return None
+        options[table[name]] = value
+        i += 1
+    return options if seen_command else None
+
+
+def _safe(info) -> bool:
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def serve(argv: list) -> int | None:
+    """Print a cached credential and return 0, or return None to hand over to the full CLI."""
+    options = parse(argv)
+    if options is None:
+        return None
+    try:
+        if "ttl" in options:
+            options["ttl"] = durations.parse_duration(options["ttl"])
+        path = settings.db_path(options.get("db"))
+        if not (_safe(os.stat(path)) and _safe(os.stat(os.path.dirname(path)))):
+            return None
+        key = crypto.load_key(create=False)
+        if key is None:
+            return None
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        try:
+            answer = _lookup(conn, options, key)
+        finally:
+            conn.close()
+    except (OSError, ValueError, sqlite3.Error):
+        return None
+    if answer is None:
+        return None
+    sys.stdout.write(answer + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _lookup(conn, options: dict, key: bytes) -> str | None:
+    row = conn.execute(cache.SCHEMA_QUERY).fetchone()
+    if row is None or row[0] != cache.SCHEMA_HEAD:
+        return None
+    profile = None
+    if "profile" in options and ("mount" in options or "role" in options):
+        return None  # the CLI reports the conflict
+    if "profile" in options:
+        found = conn.execute(cache.PROFILE_QUERY, (options["profile"],)).fetchone()
+        if found is None:
+            return None
+        profile = dict(zip(cache.REQUEST_FIELDS, found, strict=True))
+    elif "mount" not in options or "role" not in options:
+        return None
+    request = cache.merge_request(profile, options)
+    if not request["mount"] or not request["role"]:
+        return None
+    namespace = settings.vault_namespace(request["namespace"])
+    now = time.time()
+    hit = cache.find_hit(conn, cache.cache_key(settings.vault_addr(), namespace, request), now)
+    if hit is None:
+        return None
+    _row_id, access_key_id, blob, _started, expires_at = hit
+    opened = crypto.unseal(key, blob, access_key_id)
+    if opened is None:
+        return None
+    return cache.render_process_json(access_key_id, opened[0], opened[1], expires_at)

@@ -1,0 +1,154 @@
+"""Named profiles: validation of every user-supplied name, and the profile table's operations."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from broker import cache, db
+from broker.errors import ProfileNotFound, UsageError
+from broker.models import Lease, Profile
+
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_ROLE = re.compile(r"[A-Za-z0-9_.@+=,-]{1,128}")
+_SESSION_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+
+
+def _show(value: str) -> str:
+    """Quote a bad value for an error message, control characters made visible."""
+    return repr(value[:80])
+
+
+def check_profile_name(name: str) -> str:
+    if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(
+            f"invalid profile name {_show(str(name))}: use up to 64 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def check_path(value: str, what: str) -> str:
+    """A mount or namespace: slash-separated segments, none empty, '.' or '..'."""
+    cleaned = (value or "").strip("/")
+    segments = cleaned.split("/")
+    if not cleaned or len(cleaned) > 256 or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
+        raise UsageError(f"invalid {what} {_show(str(value))}: use path segments of letters, digits, '.', '_', '-'")
+    return cleaned
+
+
+def check_role(role: str) -> str:
+    if not isinstance(role, str) or not _ROLE.fullmatch(role) or role in (".", ".."):
+        raise UsageError(f"invalid role {_show(str(role))}: a Vault role name such as 'deploy'")
+    return role
+
+
+def check_session_name(name: str) -> str:
+    if not _SESSION_NAME.fullmatch(name):
+        raise UsageError(
+            f"invalid role session name {_show(name)}: 2-64 characters from letters, digits and +=,.@_-"
+        )
+    return name
+
+
+def check_role_arn(arn: str) -> str:
+    if not _ROLE_ARN.fullmatch(arn):
+        raise UsageError(f"invalid role ARN {_show(arn)}: expected arn:aws:iam::123456789012:role/NAME")
+    return arn
+
+
+def check_region(region: str) -> str:
+    if not _REGION.fullmatch(region):
+        raise UsageError(f"invalid region {_show(region)}: expected e.g. us-east-1")
+    return region
+
+
+def check_credential_type(kind: str) -> str:
+    if kind not in cache.CREDENTIAL_TYPES:
+        raise UsageError(f"invalid credential type {_show(kind)}: one of {', '.join(cache.CREDENTIAL_TYPES)}")
+    return kind
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    name: str
+    mount: str
+    role: str
+    namespace: str | None = None
+    ttl: int | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    credential_type: str | None = None
+    region: str | None = None
+
+    def validated(self) -> ProfileSpec:
+        check_profile_name(self.name)
+        return ProfileSpec(
+            name=self.name,
+            mount=check_path(self.mount, "mount"),
+            role=check_role(self.role),
+            namespace=check_path(self.namespace, "namespace") if self.namespace else None,
+            ttl=self.ttl,
+            role_arn=check_role_arn(self.role_arn) if self.role_arn else None,
+            role_session_name=check_session_name(self.role_session_name) if self.role_session_name else None,
+            credential_type=check_credential_type(self.credential_type) if self.credential_type else None,
+            region=check_region(self.region) if self.region else None,
+        )
+
+    def request_fields(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in cache.REQUEST_FIELDS}
+
+
+def _spec(row: Profile) -> ProfileSpec:
+    return ProfileSpec(
+        name=row.name, mount=row.mount, role=row.role, namespace=row.namespace, ttl=row.ttl,
+        role_arn=row.role_arn, role_session_name=row.role_session_name,
+        credential_type=row.credential_type, region=row.region,
+    )
+
+
+def get(session: Session, name: str) -> ProfileSpec:
+    check_profile_name(name)
+    row = session.get(Profile, name)
+    if row is None:
+        raise ProfileNotFound(f"unknown profile {name!r}; see `broker profile list` or add it with `broker profile add`")
+    return _spec(row)
+
+
+def add(session: Session, spec: ProfileSpec) -> bool:
+    """Create or replace a profile; returns True when it was new. Replacing a profile wipes the
+    cached secrets issued for its old definition, so they cannot be served under the new one."""
+    spec = spec.validated()
+    now = db.now()
+    row = session.get(Profile, spec.name)
+    created = row is None
+    if row is None:
+        row = Profile(name=spec.name, created_at=now)
+        session.add(row)
+    else:
+        wipe_cached_secrets(session, spec.name)
+    for field, value in spec.request_fields().items():
+        setattr(row, field, value)
+    row.region = spec.region
+    row.updated_at = now
+    return created
+
+
+def remove(session: Session, name: str) -> None:
+    """Delete a profile; its leases stay in the ledger (audit), their cached secrets go."""
+    get(session, name)
+    wipe_cached_secrets(session, name)
+    session.execute(delete(Profile).where(Profile.name == name))
+
+
+def wipe_cached_secrets(session: Session, profile: str) -> None:
+    session.execute(update(Lease).where(Lease.profile == profile).values(secret=None, cache_key=None))
+
+
+def list_all(session: Session) -> list[ProfileSpec]:
+    return [_spec(row) for row in session.scalars(select(Profile).order_by(Profile.name))]
