@@ -156,6 +156,13 @@ def profile_remove(app: App, name: str) -> None:
     click.echo(f"removed profile {name}", err=True)
 
 
+# Commands of the other areas register themselves on `cli` when imported.
+from broker.commands import COMMAND_MODULES  # noqa: E402
+
+for _module in COMMAND_MODULES:
+    __import__(f"broker.commands.{_module}")
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
