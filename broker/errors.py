@@ -86,3 +86,19 @@ class PartialFailure(BrokerError):
     """Some of many operations failed; the summary was already printed."""
 
     exit_code = 8
+
+
+class FleetError(BrokerError):
+    """The fleet ledger (PostgreSQL) could not do what was asked; local work is unaffected."""
+
+
+class FleetUnreachable(FleetError):
+    """PostgreSQL did not answer (down, hung, wrong address, refused the login)."""
+
+
+class FleetDenied(FleetError):
+    """PostgreSQL refused an operation to this role (a GRANT or a row-level security policy)."""
+
+
+class FleetSchemaMismatch(FleetError):
+    """The shared schema is missing, older than this broker (run `ledger init`) or newer (upgrade)."""
