@@ -1,0 +1,67 @@
+"""`broker ledger init|status|sync`: the fleet ledger on PostgreSQL (broker/fleet.py does the work)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from broker.cli import cli, pass_app
+
+
+@cli.group()
+def ledger() -> None:
+    """The fleet ledger: every host's leases in one PostgreSQL database (needs --ledger-url)."""
+
+
+@ledger.command(name="init")
+@pass_app
+def ledger_init(app) -> None:
+    """Create or upgrade the shared schema (run as the database's owner)."""
+    from broker import fleet
+
+    result = fleet.init_schema(fleet.require_url(app))
+    if result.before == result.after:
+        click.echo(f"fleet ledger {result.url} is already at schema {result.after}", err=True)
+    else:
+        click.echo(f"fleet ledger {result.url} upgraded from {result.before or 'empty'} to schema {result.after}",
+                   err=True)
+
+
+@ledger.command(name="status")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Output format.")
+@pass_app
+def ledger_status(app, fmt: str) -> None:
+    """Show the ledger URL (password masked), its schema revision, rows waiting to be pushed and
+    the last push. Exits 1 when PostgreSQL cannot be reached, after printing what is known locally."""
+    from broker import fleet
+
+    result = fleet.status(app)
+    fields = result.as_dict()
+    if fmt == "json":
+        click.echo(json.dumps(fields))
+    else:
+        for key, value in fields.items():
+            click.echo(f"{key:<10} {'-' if value is None else value}")
+    if result.error is not None:
+        raise result.error
+
+
+@ledger.command(name="sync")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing unless something fails (for cron).")
+@click.option("--background", is_flag=True, hidden=True,
+              help="Run after a miss: skip if another sync runs, at low priority, silently.")
+@pass_app
+def ledger_sync(app, quiet: bool, background: bool) -> None:
+    """Push the rows waiting in the outbox and pull revocations of this host's leases.
+    Exits 1 when PostgreSQL cannot be reached; every pending row stays queued."""
+    from broker import fleet
+
+    result = fleet.sync(app, background=background)
+    if quiet or background or not result.ran:
+        return
+    click.echo(
+        f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); {result.pending} pending",
+        err=True,
+    )

@@ -1,0 +1,649 @@
+"""The fleet ledger: every host's leases in one PostgreSQL database.
+
+The local SQLite ledger stays the source of truth for serving credentials; this module copies its
+lease rows out and brings fleet revocations back in:
+
+- push: rows named in the local `outbox` (written in the same transaction that records, renews or
+  revokes a lease) are upserted by (lease_id, access_key_id); an outbox entry is deleted only after
+  PostgreSQL committed the row and only if the row did not change meanwhile. A kill at any point
+  loses nothing and duplicates nothing.
+- pull: the host's active leases that a responder revoked in the shared ledger are marked revoked
+  locally and their cached secrets wiped, so the next credential-process issues anew.
+- list / claim / mark: what `broker leases --fleet` and `broker revoke --fleet` read and write.
+
+PostgreSQL is reached through SQLAlchemy + psycopg 3, imported only here and in fleet_models (the
+cache-hit path never loads them). Every failure becomes a one-line FleetError that shows the URL
+with its password masked and never the driver's raw text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, select, update
+
+from broker import cache, locks, settings
+from broker.errors import (
+    BrokerError,
+    FleetDenied,
+    FleetError,
+    FleetSchemaMismatch,
+    FleetUnreachable,
+    UsageError,
+)
+from broker.models import Lease, OutboxEntry, Setting
+
+log = logging.getLogger(__name__)
+
+# The shared schema this code reads and writes, and every revision it knows (oldest first).
+# tests/test_fleet_schema.py checks both against migrations/fleet/versions.
+SCHEMA_HEAD = "f001"
+KNOWN_REVISIONS = ("f001",)
+
+CONNECT_TIMEOUT_SECONDS = 3  # libpq's minimum is 2
+STATEMENT_TIMEOUT_MS = 15_000
+LOCK_TIMEOUT_MS = 5_000
+PUSH_BATCH = 500
+PULL_BATCH = 1_000
+SYNC_LOCK = "fleet-sync"
+SYNC_LOCK_WAIT_SECONDS = 30.0
+LAST_PUSH_KEY = "fleet.last_push"
+LAST_PULL_KEY = "fleet.last_pull"
+
+# The public fields of a fleet row, in output order (json/csv carry every one of them).
+COLUMNS = [
+    "lease_id", "host", "user", "profile", "mount", "role", "namespace", "credential_type", "access_key_id",
+    "role_session_name", "vault_addr", "issued_at", "expires_at", "state", "revoked_at", "revoked_by",
+]
+TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
+STATES = ("active", "expired", "revoked", "all")
+
+
+# -- the URL: parsed, masked, never shown with its password ---------------------------------------
+
+
+def require_url(app) -> str:
+    if not app.ledger_url:
+        raise UsageError("no fleet ledger configured: give --ledger-url URL or set BROKER_LEDGER_URL")
+    return app.ledger_url
+
+
+def mask_url(raw: str) -> str:
+    """The URL as the user gave it, with any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(raw)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown only as a hint
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", raw.split("?", 1)[0])
+    if url.query:
+        url = url.update_query_dict({k: "***" for k in url.query if "password" in k.lower()})
+    return url.render_as_string(hide_password=True)
+
+
+def parse_url(raw: str):
+    """A SQLAlchemy URL on psycopg 3; `postgresql://` is taken as psycopg 3 too."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):  # the parser's own text may quote the password: not shown
+        raise UsageError(
+            f"the fleet ledger URL {mask_url(raw)!r} is not a URL like postgresql://broker@db.internal/broker"
+        ) from None
+    if url.drivername not in ("postgresql", "postgresql+psycopg", "postgres"):
+        raise UsageError(
+            f"the fleet ledger URL {mask_url(raw)!r} must be a PostgreSQL URL "
+            f"(postgresql:// or postgresql+psycopg://), not {url.drivername}://"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+# -- connections and error translation -------------------------------------------------------------
+
+
+class FleetLedger:
+    """The fleet ledger for one command: an engine (no pool, short timeouts) and the schema check."""
+
+    def __init__(self, raw_url: str):
+        self.url = parse_url(raw_url)
+        self.masked = mask_url(raw_url)
+        self._secrets = [s for s in (self.url.password, os.environ.get("PGPASSWORD")) if s]
+        self._engine = None
+        self._checked = False
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import NullPool
+
+            options = (
+                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+                f"-c idle_in_transaction_session_timeout={4 * STATEMENT_TIMEOUT_MS}"
+            )
+            self._engine = create_engine(
+                self.url,
+                poolclass=NullPool,
+                connect_args={
+                    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                    "options": options,
+                    "application_name": "broker",
+                },
+            )
+        return self._engine
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(str(secret), "***")
+        return text
+
+    def _reason(self, exc: BaseException) -> str:
+        orig = getattr(exc, "orig", None) or exc
+        diag = getattr(orig, "diag", None)
+        text = getattr(diag, "message_primary", None) or str(orig) or type(orig).__name__
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        first = lines[0] if lines else type(orig).__name__
+        if first.startswith("connection failed: ") and len(lines) > 0:
+            first = first[len("connection failed: "):]
+        first = self._scrub(" ".join(first.split()))
+        return first if len(first) <= 240 else first[:237] + "..."
+
+    def translate(self, exc: BaseException, what: str) -> FleetError:
+        orig = getattr(exc, "orig", None) or exc
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        reason = self._reason(exc)
+        if sqlstate == "42501":
+            return FleetDenied(
+                f"the fleet ledger {self.masked} denied {what}: {reason}; check this role's GRANTs (see the README)"
+            )
+        if sqlstate == "42P01":
+            return FleetSchemaMismatch(
+                f"the fleet ledger {self.masked} has no broker tables; run `broker ledger init` as the database owner"
+            )
+        if sqlstate in ("57014", "55P03"):
+            return FleetUnreachable(f"the fleet ledger {self.masked} timed out during {what}: {reason}")
+        if sqlstate and not sqlstate.startswith(("08", "28", "3D", "53", "57")):
+            return FleetError(f"the fleet ledger {self.masked} failed {what}: {reason}")
+        return FleetUnreachable(f"cannot reach the fleet ledger {self.masked}: {reason}")
+
+    @contextlib.contextmanager
+    def translated(self, what: str):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            yield
+        except FleetError:
+            raise
+        except SQLAlchemyError as exc:
+            raise self.translate(exc, what) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg"):
+                raise self.translate(exc, what) from None
+            raise
+
+    @contextlib.contextmanager
+    def begin(self, what: str, *, check_schema: bool = True):
+        """A connection in one transaction (committed on success), its errors translated."""
+        with self.translated(what), self.engine.begin() as conn:
+            if check_schema and not self._checked:
+                check_revision(read_revision(conn), self.masked)
+                self._checked = True
+            yield conn
+
+    def check(self) -> None:
+        """Connect and check the shared schema (so a sync with nothing to move still proves the link)."""
+        with self.begin("checking the schema"):
+            pass
+
+    def revision(self) -> str | None:
+        with self.translated("reading the schema revision"), self.engine.connect() as conn:
+            return read_revision(conn)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def read_revision(conn) -> str | None:
+    from sqlalchemy import text
+
+    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": fleet_version_table()}).scalar()
+    if exists is None:
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {fleet_version_table()}")).scalar()  # noqa: S608
+
+
+def fleet_version_table() -> str:
+    from broker.fleet_models import VERSION_TABLE
+
+    return VERSION_TABLE
+
+
+def check_revision(revision: str | None, masked: str) -> None:
+    if revision == SCHEMA_HEAD:
+        return
+    if revision is None:
+        raise FleetSchemaMismatch(
+            f"the fleet ledger {masked} has no broker schema; run `broker ledger init` as the database owner"
+        )
+    if revision in KNOWN_REVISIONS:
+        raise FleetSchemaMismatch(
+            f"the fleet ledger {masked} has schema {revision}, older than this broker's {SCHEMA_HEAD}; "
+            f"run `broker ledger init` as the database owner to upgrade it"
+        )
+    raise FleetSchemaMismatch(
+        f"the fleet ledger {masked} has schema {revision}, newer than this broker understands "
+        f"(it knows up to {SCHEMA_HEAD}); upgrade broker on this machine"
+    )
+
+
+# -- ledger init ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitResult:
+    url: str
+    before: str | None
+    after: str
+
+
+def fleet_migrations_dir() -> str:
+    from broker import db
+
+    path = os.path.join(db.migrations_dir(), "fleet")
+    if not os.path.isfile(os.path.join(path, "env.py")):
+        raise BrokerError("broker's fleet migration scripts are missing from this installation; reinstall broker")
+    return path
+
+
+def init_schema(raw_url: str) -> InitResult:
+    """Create or upgrade the shared schema with Alembic, in process; refuse a newer one."""
+    ledger = FleetLedger(raw_url)
+    try:
+        with ledger.begin("the schema upgrade", check_schema=False) as conn:
+            before = read_revision(conn)
+            if before is not None and before not in KNOWN_REVISIONS:
+                check_revision(before, ledger.masked)  # raises: newer than this code
+            if before == SCHEMA_HEAD:
+                return InitResult(ledger.masked, before, SCHEMA_HEAD)
+            _require_roles(conn, ledger.masked)
+            from alembic import command
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", fleet_migrations_dir().replace("%", "%%"))
+            config.attributes["connection"] = conn
+            log.info("upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD)
+            command.upgrade(config, "head")
+        return InitResult(ledger.masked, before, SCHEMA_HEAD)
+    finally:
+        ledger.dispose()
+
+
+def _require_roles(conn, masked: str) -> None:
+    from sqlalchemy import text
+
+    from broker.fleet_models import HOST_ROLE, RESPONDER_ROLE
+
+    found = set(
+        conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname IN (:h, :r)"), {"h": HOST_ROLE, "r": RESPONDER_ROLE}
+        ).scalars()
+    )
+    missing = [r for r in (HOST_ROLE, RESPONDER_ROLE) if r not in found]
+    if missing:
+        raise FleetError(
+            f"the fleet ledger {masked} lacks the role(s) {', '.join(missing)} its grants name; have a DBA run "
+            + " ".join(f"CREATE ROLE {r} NOLOGIN;" for r in missing)
+            + " (see the README), then run `broker ledger init` again"
+        )
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerStatus:
+    url: str
+    revision: str | None
+    pending: int
+    last_push: int | None
+    error: FleetError | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "url": self.url,
+            "revision": self.revision,
+            "pending": self.pending,
+            "last_push": cache.iso_utc(self.last_push) if self.last_push else None,
+        }
+
+
+def status(app) -> LedgerStatus:
+    """What is known locally (pending rows, last push) and, when PostgreSQL answers, its revision."""
+    ledger = FleetLedger(require_url(app))
+    pending, last_push = local_status(app)
+    try:
+        revision = ledger.revision()
+        error = None
+        if revision != SCHEMA_HEAD:
+            try:
+                check_revision(revision, ledger.masked)
+            except FleetError as exc:
+                error = exc
+    except FleetError as exc:
+        revision, error = None, exc
+    finally:
+        ledger.dispose()
+    return LedgerStatus(ledger.masked, revision, pending, last_push, error)
+
+
+def local_status(app) -> tuple[int, int | None]:
+    with app.transaction(read_only=True) as session:
+        pending = session.scalar(select(func.count()).select_from(OutboxEntry)) or 0
+        value = session.scalar(select(Setting.value).where(Setting.key == LAST_PUSH_KEY))
+    return pending, int(value) if value else None
+
+
+# -- push: the outbox to PostgreSQL ------------------------------------------------------------------
+
+# Local Lease columns that make up a shared row; the last four may change after the first push.
+_PUSHED = (
+    "lease_id", "access_key_id", "vault_addr", "namespace", "mount", "role", "profile", "credential_type",
+    "role_session_name", "issued_at", "expires_at", "state", "revoked_at", "revoked_by", "host", "os_user",
+)
+_MUTABLE = ("expires_at", "state", "revoked_at", "revoked_by")
+
+
+def _utc(epoch: int | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _shared_row(lease: Lease) -> dict:
+    row = {name: getattr(lease, name) for name in _PUSHED}
+    for name in TIME_COLUMNS:
+        row[name] = _utc(row[name])
+    row["namespace"] = row["namespace"] or ""
+    return row
+
+
+def _read_outbox(app, after: int, limit: int) -> list[tuple[OutboxEntry, Lease | None]]:
+    with app.transaction(read_only=True) as session:
+        return list(
+            session.execute(
+                select(OutboxEntry, Lease)
+                .outerjoin(Lease, Lease.id == OutboxEntry.lease_row)
+                .where(OutboxEntry.lease_row > after)
+                .order_by(OutboxEntry.lease_row)
+                .limit(limit)
+            ).tuples()
+        )
+
+
+def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
+    """Delete the outbox entries of rows PostgreSQL committed, unless the row changed since it was
+    read (then it stays queued and goes out with its new state next time)."""
+    with app.transaction() as session:
+        if orphans:
+            session.execute(delete(OutboxEntry).where(OutboxEntry.lease_row.in_(orphans)))
+        current = session.execute(
+            select(Lease.id, *[getattr(Lease, c) for c in _MUTABLE]).where(Lease.id.in_(list(pushed)))
+        ).all()
+        done = [row[0] for row in current if tuple(row[1:]) == pushed[row[0]]]
+        gone = [row_id for row_id in pushed if row_id not in {row[0] for row in current}]
+        if done or gone:
+            session.execute(delete(OutboxEntry).where(OutboxEntry.lease_row.in_(done + gone)))
+    return len(done)
+
+
+def _upsert(conn, rows: list[dict]) -> None:
+    from sqlalchemy.dialects.postgresql import insert
+
+    from broker.fleet_models import FleetLease
+
+    stmt = insert(FleetLease.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["lease_id", "access_key_id"],
+        set_={name: stmt.excluded[name] for name in _MUTABLE},
+    )
+    conn.execute(stmt, rows)
+
+
+def push(app, ledger: FleetLedger) -> int:
+    """Upsert every outbox row into the fleet ledger, a batch per transaction; returns rows pushed.
+    Each entry is read once per call, so rows changing all the time cannot keep it looping."""
+    pushed_total = 0
+    after = 0
+    while True:
+        batch = _read_outbox(app, after, PUSH_BATCH)
+        if not batch:
+            break
+        after = batch[-1][0].lease_row
+        orphans = [entry.lease_row for entry, lease in batch if lease is None]
+        leases = [lease for _entry, lease in batch if lease is not None]
+        if leases:
+            with ledger.begin("pushing lease rows") as conn:
+                _upsert(conn, [_shared_row(lease) for lease in leases])
+        pushed = {lease.id: tuple(getattr(lease, c) for c in _MUTABLE) for lease in leases}
+        pushed_total += _forget_pushed(app, pushed, orphans) if (pushed or orphans) else 0
+        if len(batch) < PUSH_BATCH:
+            break
+    with app.transaction() as session:  # the outbox as read at the start is in PostgreSQL
+        session.merge(Setting(key=LAST_PUSH_KEY, value=str(int(time.time()))))
+    return pushed_total
+
+
+# -- pull: fleet revocations of this host's leases -----------------------------------------------------
+
+
+def pull(app, ledger: FleetLedger) -> int:
+    """Mark revoked the local active leases a responder revoked in the fleet ledger, wiping their
+    cached secrets; returns how many. Only this host's own rows are asked for (by lease id)."""
+    from sqlalchemy import and_, tuple_
+
+    from broker.fleet_models import FleetLease
+
+    with app.transaction(read_only=True) as session:
+        local = session.execute(
+            select(Lease.id, Lease.lease_id, Lease.access_key_id).where(Lease.state == "active", Lease.lease_id != "")
+        ).all()
+    by_key = {(lease_id, akid): row_id for row_id, lease_id, akid in local}
+    keys = list(by_key)
+    revoked: list[tuple[int, int, str | None]] = []
+    t = FleetLease.__table__
+    for start in range(0, len(keys), PULL_BATCH):
+        chunk = keys[start:start + PULL_BATCH]
+        with ledger.begin("reading revocations") as conn:
+            rows = conn.execute(
+                select(t.c.lease_id, t.c.access_key_id, t.c.revoked_at, t.c.revoked_by).where(
+                    and_(t.c.state == "revoked", tuple_(t.c.lease_id, t.c.access_key_id).in_(chunk))
+                )
+            ).all()
+        for lease_id, akid, revoked_at, revoked_by in rows:
+            when = int(revoked_at.timestamp()) if revoked_at else int(time.time())
+            revoked.append((by_key[(lease_id, akid)], when, revoked_by))
+    if revoked:
+        with app.transaction() as session:
+            for row_id, when, who in revoked:
+                session.execute(
+                    update(Lease)
+                    .where(Lease.id == row_id, Lease.state == "active")
+                    .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None)
+                )
+        log.info("marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked))
+    with app.transaction() as session:
+        session.merge(Setting(key=LAST_PULL_KEY, value=str(int(time.time()))))
+    return len(revoked)
+
+
+# -- sync: push then pull, one at a time per local ledger -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    ran: bool  # False when another sync held the lock (background mode only)
+    pushed: int = 0
+    pulled: int = 0
+    pending: int = 0
+
+
+def sync(app, *, background: bool = False) -> SyncResult:
+    """Drain the outbox into the fleet ledger and pull revocations of this host's leases.
+    In background mode (after a miss) skip at once if another sync runs. When PostgreSQL cannot be
+    reached the error propagates and every pending row stays queued."""
+    url = require_url(app)
+    path = locks.lock_path(app.db_path, SYNC_LOCK)
+    if background:
+        with contextlib.suppress(OSError):
+            os.nice(10)  # never compete with the credential-process calls that started it
+        with locks.try_hold(path) as held:
+            if not held:
+                return SyncResult(ran=False)
+            return _sync_locked(app, url)
+    with locks.hold(path, SYNC_LOCK_WAIT_SECONDS, "fleet sync lock"):
+        return _sync_locked(app, url)
+
+
+def _sync_locked(app, url: str) -> SyncResult:
+    ledger = FleetLedger(url)
+    try:
+        ledger.check()
+        pushed = push(app, ledger)
+        pulled = pull(app, ledger)
+    finally:
+        ledger.dispose()
+    pending, _ = local_status(app)
+    return SyncResult(ran=True, pushed=pushed, pulled=pulled, pending=pending)
+
+
+def spawn_background_sync(app) -> bool:
+    """After a miss: start `broker ledger sync --background` detached, and never wait for it.
+
+    The child gets /dev/null for stdin/stdout/stderr (an SDK waits for the helper's pipes to close),
+    its own session, and the ledger URL in its environment (never on its command line). Nothing is
+    started while another sync holds the lock or when the outbox is empty."""
+    if not app.ledger_url:
+        return False
+    with locks.try_hold(locks.lock_path(app.db_path, SYNC_LOCK)) as free:
+        if not free:
+            return False
+    with app.sqlite() as conn:
+        if conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
+            return False
+    env = dict(os.environ, BROKER_LEDGER_URL=app.ledger_url)
+    try:
+        subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+            [sys.executable, "-m", "broker", "--db", app.db_path, "ledger", "sync", "--background"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    except OSError as exc:
+        log.info("could not start a background fleet sync (%s); `broker ledger sync` will push later", exc)
+        return False
+    return True
+
+
+# -- listing ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetSelector:
+    """Which fleet rows: every given filter must match."""
+
+    profile: str | None = None
+    mount: str | None = None
+    role: str | None = None
+    host: str | None = None
+    user: str | None = None
+    lease_ids: tuple[str, ...] = ()
+    state: str = "all"
+
+
+def _where(t, selector: FleetSelector, now) -> list:
+    from sqlalchemy import and_
+
+    clauses = []
+    for column, value in (
+        (t.c.profile, selector.profile), (t.c.mount, selector.mount.strip("/") if selector.mount else None),
+        (t.c.role, selector.role), (t.c.host, selector.host), (t.c.os_user, selector.user),
+    ):
+        if value is not None:
+            clauses.append(column == value)
+    if selector.lease_ids:
+        clauses.append(t.c.lease_id.in_(list(selector.lease_ids)))
+    if selector.state == "active":
+        clauses.append(and_(t.c.state == "active", t.c.expires_at > now))
+    elif selector.state == "expired":
+        clauses.append(and_(t.c.state == "active", t.c.expires_at <= now))
+    elif selector.state == "revoked":
+        clauses.append(t.c.state == "revoked")
+    return clauses
+
+
+def _epoch(column):
+    from sqlalchemy import BigInteger, cast
+
+    return cast(func.floor(func.extract("epoch", column)), BigInteger)
+
+
+def list_leases(app, selector: FleetSelector, *, batch: int = 2_000) -> Iterator[dict]:
+    """Every matching fleet row, newest first, streamed from a server-side cursor. Rows are dicts of
+    the public COLUMNS with times as Unix seconds (None when unset)."""
+    from sqlalchemy import case, literal_column
+
+    from broker.fleet_models import FleetLease
+
+    ledger = FleetLedger(require_url(app))
+    t = FleetLease.__table__
+    now = func.now()
+    state = case((t.c.state == "active", case((t.c.expires_at <= now, literal_column("'expired'")),
+                                              else_=t.c.state)), else_=t.c.state)
+    query = (
+        select(
+            t.c.lease_id, t.c.host, t.c.os_user.label("user"), t.c.profile, t.c.mount, t.c.role, t.c.namespace,
+            t.c.credential_type, t.c.access_key_id, t.c.role_session_name, t.c.vault_addr,
+            _epoch(t.c.issued_at).label("issued_at"), _epoch(t.c.expires_at).label("expires_at"),
+            state.label("state"), _epoch(t.c.revoked_at).label("revoked_at"), t.c.revoked_by,
+        )
+        .where(*_where(t, selector, now))
+        .order_by(t.c.issued_at.desc(), t.c.lease_id)
+    )
+    try:
+        with ledger.begin("listing leases") as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+            keys = list(result.keys())
+            with ledger.translated("listing leases"):
+                for partition in result.partitions():
+                    for values in partition:
+                        yield dict(zip(keys, values, strict=True))
+    finally:
+        ledger.dispose()
+
+
+def iso_row(row: dict) -> dict:
+    """A listed row with its times as ISO-8601 UTC (json and csv)."""
+    out = dict(row)
+    for name in TIME_COLUMNS:
+        if out.get(name) is not None:
+            out[name] = cache.iso_utc(out[name])
+    return out
+
+
+def responder() -> str:
+    """Who revokes: `user@host`, recorded as revoked_by on every row a fleet revoke marks."""
+    return f"{settings.os_user()}@{settings.host_name()}"

@@ -1,0 +1,111 @@
+"""fleet ledger: shared lease rows, their access rules and sticky revocations
+
+Revision ID: f001
+Revises:
+Create Date: 2026-11-26 20:00:00
+
+Run as the database's owner (no superuser, no extension). The group roles broker_host and
+broker_responder must exist first (a DBA creates them; see the README), because the grants and
+row-level security policies below name them.
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = 'f001'
+down_revision = None
+branch_labels = None
+depends_on = None
+
+HOST_ROLE = "broker_host"
+RESPONDER_ROLE = "broker_responder"
+VERSION_TABLE = "broker_fleet_version"
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    missing = [
+        role for role in (HOST_ROLE, RESPONDER_ROLE)
+        if bind.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first() is None
+    ]
+    if missing:
+        raise RuntimeError(
+            f"missing PostgreSQL role(s) {', '.join(missing)}: create them first "
+            f"(CREATE ROLE {HOST_ROLE} NOLOGIN; CREATE ROLE {RESPONDER_ROLE} NOLOGIN;)"
+        )
+
+    ts = sa.DateTime(timezone=True)
+    op.create_table('fleet_leases',
+    sa.Column('lease_id', sa.Text(), nullable=False),
+    sa.Column('access_key_id', sa.String(length=128), nullable=False),
+    sa.Column('vault_addr', sa.Text(), nullable=False),
+    sa.Column('namespace', sa.Text(), server_default='', nullable=False),
+    sa.Column('mount', sa.Text(), nullable=False),
+    sa.Column('role', sa.Text(), nullable=False),
+    sa.Column('profile', sa.String(length=64), nullable=True),
+    sa.Column('credential_type', sa.String(length=32), nullable=False),
+    sa.Column('role_session_name', sa.String(length=64), nullable=True),
+    sa.Column('issued_at', ts, nullable=False),
+    sa.Column('expires_at', ts, nullable=False),
+    sa.Column('state', sa.String(length=16), server_default='active', nullable=False),
+    sa.Column('revoked_at', ts, nullable=True),
+    sa.Column('revoked_by', sa.Text(), nullable=True),
+    sa.Column('revoke_error', sa.Text(), nullable=True),
+    sa.Column('host', sa.Text(), nullable=False),
+    sa.Column('os_user', sa.Text(), nullable=False),
+    sa.Column('db_user', sa.Text(), server_default=sa.text('CURRENT_USER'), nullable=False),
+    sa.Column('updated_at', ts, server_default=sa.text('now()'), nullable=False),
+    sa.CheckConstraint("state IN ('active', 'revoked')", name=op.f('ck_fleet_leases_state')),
+    sa.PrimaryKeyConstraint('lease_id', 'access_key_id', name=op.f('pk_fleet_leases'))
+    )
+    op.create_index('ix_fleet_leases_role_mount', 'fleet_leases', ['role', 'mount'], unique=False)
+    op.create_index('ix_fleet_leases_host', 'fleet_leases', ['host'], unique=False)
+    op.create_index('ix_fleet_leases_os_user', 'fleet_leases', ['os_user'], unique=False)
+    op.create_index('ix_fleet_leases_issued_at', 'fleet_leases', ['issued_at'], unique=False)
+
+    # A revoked row stays revoked, whoever updates it later (a host pushing an older local state,
+    # a renewal racing a fleet revoke): enforced here, not trusted to every client.
+    op.execute("""
+        CREATE FUNCTION fleet_leases_keep_revoked() RETURNS trigger
+        LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+        BEGIN
+            IF OLD.state = 'revoked' THEN
+                NEW.state := 'revoked';
+                NEW.revoked_at := OLD.revoked_at;
+                NEW.revoked_by := OLD.revoked_by;
+            END IF;
+            NEW.updated_at := now();
+            RETURN NEW;
+        END
+        $$
+    """)
+    op.execute(
+        "CREATE TRIGGER keep_revoked BEFORE UPDATE ON fleet_leases "
+        "FOR EACH ROW EXECUTE FUNCTION fleet_leases_keep_revoked()"
+    )
+
+    # Hosts: insert and update only the rows their own login role pushed, read those back (to
+    # learn of revocations). Responders: read all rows, change only the revocation columns.
+    op.execute("ALTER TABLE fleet_leases ENABLE ROW LEVEL SECURITY")
+    op.execute(
+        f"CREATE POLICY host_own_rows ON fleet_leases FOR ALL TO {HOST_ROLE} "
+        "USING (db_user = current_user) WITH CHECK (db_user = current_user)"
+    )
+    op.execute(f"CREATE POLICY responder_read ON fleet_leases FOR SELECT TO {RESPONDER_ROLE} USING (true)")
+    op.execute(
+        f"CREATE POLICY responder_mark ON fleet_leases FOR UPDATE TO {RESPONDER_ROLE} USING (true) WITH CHECK (true)"
+    )
+    op.execute(f"GRANT SELECT, INSERT ON fleet_leases TO {HOST_ROLE}")
+    op.execute(f"GRANT UPDATE (expires_at, state, revoked_at, revoked_by, updated_at) ON fleet_leases TO {HOST_ROLE}")
+    op.execute(f"GRANT SELECT ON fleet_leases TO {RESPONDER_ROLE}")
+    op.execute(
+        f"GRANT UPDATE (state, revoked_at, revoked_by, revoke_error, updated_at) ON fleet_leases TO {RESPONDER_ROLE}"
+    )
+    op.execute(f"GRANT SELECT ON {VERSION_TABLE} TO {HOST_ROLE}, {RESPONDER_ROLE}")
+
+
+def downgrade() -> None:
+    op.execute(f"REVOKE ALL ON {VERSION_TABLE} FROM {HOST_ROLE}, {RESPONDER_ROLE}")
+    op.drop_table('fleet_leases')
+    op.execute("DROP FUNCTION fleet_leases_keep_revoked()")
