@@ -535,12 +535,16 @@ def spawn_background_sync(app) -> bool:
     started while another sync holds the lock or when the outbox is empty."""
     if not app.ledger_url:
         return False
-    with locks.try_hold(locks.lock_path(app.db_path, SYNC_LOCK)) as free:
-        if not free:
-            return False
-    with app.sqlite() as conn:
-        if conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
-            return False
+    try:
+        with locks.try_hold(locks.lock_path(app.db_path, SYNC_LOCK)) as free:
+            if not free:
+                return False
+        with app.sqlite() as conn:
+            if conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
+                return False
+    except (BrokerError, OSError) as exc:  # the credential is already out: never fail the call now
+        log.info("not starting a background fleet sync: %s", exc)
+        return False
     env = dict(os.environ, BROKER_LEDGER_URL=app.ledger_url)
     try:
         subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
