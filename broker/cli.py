@@ -95,6 +95,10 @@ def credential_process(app: App, profile, mount, role, ttl, role_arn, role_sessi
     request = leases.build_request(app, profile, flags)
     credential = leases.obtain(app, request, use_cache=not no_cache)
     click.echo(credential.process_json())
+    if app.ledger_url:  # push the new lease row in a detached process; never wait for PostgreSQL
+        from broker import fleet
+
+        fleet.spawn_background_sync(app)
 
 
 @cli.group()
