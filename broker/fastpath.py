@@ -8,10 +8,14 @@ returns None and the full CLI takes over, with its validation and its error mess
 """
 
 import os
-import sqlite3
 import stat
 import sys
 import time
+
+try:  # the C module itself: `sqlite3` would also import datetime to register its adapters
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover
+    import sqlite3
 
 from broker import cache, crypto, durations, settings
 
