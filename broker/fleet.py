@@ -58,6 +58,10 @@ SYNC_LOCK = "fleet-sync"
 SYNC_LOCK_WAIT_SECONDS = 30.0
 LAST_PUSH_KEY = "fleet.last_push"
 LAST_PULL_KEY = "fleet.last_pull"
+# After a failed sync, misses start no background sync for this long: during an outage a busy CI
+# runner must not start a doomed PostgreSQL client per credential. Cron and prune still try.
+RETRY_AFTER_KEY = "fleet.retry_after"
+BACKOFF_SECONDS = 30
 
 # The public fields of a fleet row, in output order (json/csv carry every one of them).
 COLUMNS = [
@@ -521,8 +525,14 @@ def _sync_locked(app, url: str) -> SyncResult:
         ledger.check()
         pushed = push(app, ledger)
         pulled = pull(app, ledger)
+    except FleetError:
+        with app.transaction() as session:
+            session.merge(Setting(key=RETRY_AFTER_KEY, value=str(int(time.time()) + BACKOFF_SECONDS)))
+        raise
     finally:
         ledger.dispose()
+    with app.transaction() as session:
+        session.execute(delete(Setting).where(Setting.key == RETRY_AFTER_KEY))
     pending, _ = local_status(app)
     return SyncResult(ran=True, pushed=pushed, pulled=pulled, pending=pending)
 
@@ -532,7 +542,8 @@ def spawn_background_sync(app) -> bool:
 
     The child gets /dev/null for stdin/stdout/stderr (an SDK waits for the helper's pipes to close),
     its own session, and the ledger URL in its environment (never on its command line). Nothing is
-    started while another sync holds the lock or when the outbox is empty."""
+    started while another sync holds the lock, when the outbox is empty, or for BACKOFF_SECONDS
+    after a failed sync."""
     if not app.ledger_url:
         return False
     try:
@@ -540,8 +551,11 @@ def spawn_background_sync(app) -> bool:
             if not free:
                 return False
         with app.sqlite() as conn:
-            if conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
-                return False
+            pending, retry_after = conn.execute(
+                "SELECT (SELECT 1 FROM outbox LIMIT 1), (SELECT value FROM settings WHERE key = ?)", (RETRY_AFTER_KEY,)
+            ).fetchone()
+        if pending is None or (retry_after and int(retry_after) > time.time()):
+            return False
     except (BrokerError, OSError) as exc:  # the credential is already out: never fail the call now
         log.info("not starting a background fleet sync: %s", exc)
         return False
