@@ -257,7 +257,8 @@ class Host:
     def env(self, **extra) -> dict:
         return {
             "BROKER_DB": self.db, "BROKER_HOST": self.name, "BROKER_LEDGER_URL": self.url,
-            "BROKER_KEY_DIR": self.key_dir, "HOME": str(self.dir), **extra,
+            "BROKER_KEY_DIR": self.key_dir, "BROKER_KEY_STORE": "file", "HOME": str(self.dir),
+            "LOGNAME": self.user, "USER": self.user, **extra,
         }
 
     def app(self):
