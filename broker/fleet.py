@@ -653,6 +653,31 @@ def list_leases(app, selector: FleetSelector, *, batch: int = 2_000) -> Iterator
         ledger.dispose()
 
 
+def json_rows(app, selector: FleetSelector, *, batch_size: int = 5_000) -> Iterator[list[str]]:
+    """Every matching fleet row as one JSON object's text, newest first, in batches (what `leases
+    --fleet --format json` writes): the trigger-kept `listing_json`, from a server-side cursor."""
+    from sqlalchemy import and_, case
+
+    from broker.fleet_models import FleetLease
+
+    ledger = FleetLedger(require_url(app))
+    t = FleetLease.__table__
+    expired = and_(t.c.state == "active", t.c.expires_at <= func.now())
+    text = case((expired, func.replace(t.c.listing_json, '"state": "active"', '"state": "expired"')),
+                else_=t.c.listing_json)
+    query = select(text).where(*_where(t, selector, func.now())).order_by(t.c.issued_at.desc(), t.c.lease_id)
+    try:
+        with ledger.begin("listing leases") as conn:
+            compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+            raw = conn.connection.driver_connection
+            with ledger.translated("listing leases"), raw.cursor(name="broker_fleet_json") as cursor:
+                cursor.execute(str(compiled), compiled.params)
+                while batch := cursor.fetchmany(batch_size):
+                    yield [text for (text,) in batch]
+    finally:
+        ledger.dispose()
+
+
 def iso_row(row: dict) -> dict:
     """A listed row with its times as ISO-8601 UTC (json and csv)."""
     out = dict(row)

@@ -59,6 +59,9 @@ class FleetLease(FleetBase):
     # The PostgreSQL role that pushed the row; row-level security keys a host's rights on it.
     db_user: Mapped[str] = mapped_column(Text, server_default=text("CURRENT_USER"))
     updated_at: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=text("now()"))
+    # The row's public fields as JSON text, rewritten by a trigger on every write (the state as
+    # stored: a listing derives "expired"), so a listing of 100,000 rows encodes nothing.
+    listing_json: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("state IN ('active', 'revoked')", name="state"),

@@ -328,3 +328,24 @@ def test_fleet_modules_stay_off_the_miss_and_hit_paths():
     )
     out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
+    a = hosts[0]
+    (_, odd), *_ = a.add_leases(3)
+    a.add_leases(1, ttl=-5)  # expired
+    a.sql("UPDATE leases SET host = ?, os_user = ? WHERE lease_id = ?", ('la"p\\top\u00e9\n', "o'brien", odd))
+    assert a.broker("ledger", "sync").returncode == 0
+    with pg.superuser(fleet_db) as conn:
+        conn.execute("SET datestyle = 'SQL, DMY'")  # the session's DateStyle changes nothing
+        conn.execute("SET ROLE resp_1")
+        conn.execute("UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
+                     "WHERE lease_id = %s", (odd,))
+    responder = responder_app(tmp_path, pg, fleet_db)
+    expected = [fleet.iso_row(row) for row in listed(responder)]
+    encoded = [text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch]
+    assert [json.loads(text) for text in encoded] == expected
+    assert {r["state"] for r in expected} == {"active", "expired", "revoked"}
+    assert [r for r in expected if r["lease_id"] == odd][0]["host"] == 'la"p\\top\u00e9\n'
+    only = [json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b]
+    assert len(only) == 1 and only[0]["state"] == "expired"
