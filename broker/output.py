@@ -22,12 +22,20 @@ def render(rows: Iterable[dict], fmt: str, columns: list[str], *, headers: dict 
 
 
 def _json(rows, columns, out) -> int:
+    return json_array(([json.dumps({c: row.get(c) for c in columns})] for row in rows), out)
+
+
+def json_array(batches: Iterable[list[str]], out=None) -> int:
+    """Write batches of already-encoded JSON objects as the one JSON array `render` writes,
+    streamed (for rows a database encoded itself); returns how many objects."""
+    out = out or sys.stdout
     count = 0
     out.write("[")
-    for row in rows:
-        out.write(",\n  " if count else "\n  ")
-        out.write(json.dumps({c: row.get(c) for c in columns}))
-        count += 1
+    for batch in batches:
+        if batch:
+            out.write(",\n  " if count else "\n  ")
+            out.write(",\n  ".join(batch))
+            count += len(batch)
     out.write("\n]\n" if count else "]\n")
     return count
 
