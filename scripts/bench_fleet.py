@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Benchmarks for the fleet ledger (issue 8), against a real PostgreSQL started in a temporary
+directory (tests/pg.py) and the Vault double + moto (`python -m tests.vault_double`).
+
+    python scripts/bench_fleet.py                    # every scenario
+    python scripts/bench_fleet.py fleet-list         # some of them
+
+The figures and their targets:
+- fleet-list:   `broker leases --fleet --role R --format json` over 100,000 rows from 200 hosts <= 1 s
+- fleet-revoke: `broker revoke --fleet --role R --yes` of 1,000 leases, Vault adding 20 ms/request <= 4 s
+- fleet-miss:   a credential-process miss with PostgreSQL unreachable (and hung) is <= 100 ms slower
+                than one with no ledger URL (medians, interleaved runs)
+
+scripts/bench.py can run these too: `SCENARIOS` maps each name to `scenario(workdir, double)` like
+its own scenarios (double: an object whose `.info` holds the ready file of tests.vault_double), and
+`stop_postgres()` stops the one server they share. Nothing here is a test: timing lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LIST_ROWS = 100_000
+LIST_HOSTS = 200
+REVOKE_LEASES = 1_000
+REVOKE_LATENCY_MS = 20
+MISS_RUNS = 11
+LIST_RUNS = 5
+
+_pg = None  # the PostgresServer the scenarios share
+
+
+def line(name: str, value: str, target: str, ok: bool, detail: str = "") -> None:
+    print(f"{name:<38} {value:<26} target {target:<18} {'ok' if ok else 'MISSED'}  {detail}".rstrip(), flush=True)
+
+
+def broker_command() -> list[str]:
+    script = Path(sys.executable).with_name("broker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "broker"]
+
+
+def postgres():
+    """The shared PostgreSQL server, started on first use (roles as in the README)."""
+    global _pg
+    if _pg is None:
+        from tests.pg import PostgresServer, available
+
+        reason = available()
+        if reason:
+            raise SystemExit(f"cannot run the fleet benchmarks: {reason}")
+        _pg = PostgresServer()
+        try:
+            _pg.start()
+        except BaseException:
+            _pg.stop()
+            _pg = None
+            raise
+    return _pg
+
+
+def stop_postgres() -> None:
+    global _pg
+    if _pg is not None:
+        _pg.stop()
+        _pg = None
+
+
+def fresh_ledger() -> tuple[str, str]:
+    """A new shared database with the schema made by `broker ledger init`: (db name, owner URL)."""
+    pg = postgres()
+    name = pg.create_database()
+    owner_url = pg.url("broker_owner", name)
+    result = subprocess.run(broker_command() + ["ledger", "init"], env=base_env({"BROKER_LEDGER_URL": owner_url}),
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode:
+        raise SystemExit(f"broker ledger init failed: {result.stderr.strip()}")
+    return name, owner_url
+
+
+def base_env(extra: dict | None = None, home: Path | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "AWS_", "BROKER_"))}
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if home is not None:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env.update(HOME=str(home), BROKER_DB=str(home / "data" / "broker.db"), XDG_CONFIG_HOME=str(home / "config"),
+                   XDG_DATA_HOME=str(home / "data-home"), BROKER_KEY_STORE="file")
+    env.update(extra or {})
+    return env
+
+
+def seed_rows(dbname: str, count: int, hosts: int, role: str, *, credential_type: str = "assumed_role") -> None:
+    """`count` active leases of `role` spread over `hosts` hosts, written with COPY as the owner (the
+    rows a fleet of hosts would have pushed; the trigger fills listing_json as for a push)."""
+    import psycopg
+
+    pg = postgres()
+    now = int(time.time())
+    with psycopg.connect(pg.url("broker_owner", dbname, driver="postgresql")) as conn:
+        columns = ("lease_id, access_key_id, vault_addr, namespace, mount, role, profile, credential_type, "
+                   "role_session_name, issued_at, expires_at, state, host, os_user, db_user")
+        with conn.cursor().copy(f"COPY fleet_leases ({columns}) FROM STDIN") as copy:
+            for i in range(count):
+                h = i % hosts
+                token = secrets.token_hex(12)
+                copy.write_row((
+                    f"aws/sts/{role}/{token}", f"ASIA{token[:16].upper()}", "http://127.0.0.1:8200", "", "aws", role,
+                    role, credential_type, f"broker-user{h}-20261126T000000-{token[:8]}",
+                    datetime.fromtimestamp(now - i, UTC), datetime.fromtimestamp(now - i + 3600, UTC), "active",
+                    f"host-{h:03d}", f"user{h}", "host_a",
+                ))
+        conn.execute("ANALYZE fleet_leases")
+
+
+def timed(argv: list[str], env: dict, timeout: float = 300) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - started, result
+
+
+# -- the scenarios ---------------------------------------------------------------------------------------
+
+
+def scenario_fleet_list(workdir: Path, double=None) -> dict:
+    """`broker leases --fleet --role R --format json` over 100,000 rows from 200 hosts."""
+    dbname, _owner = fresh_ledger()
+    seed_rows(dbname, LIST_ROWS, LIST_HOSTS, "deploy")
+    env = base_env({"BROKER_LEDGER_URL": postgres().url("resp_1", dbname), "BROKER_HOST": "responder"},
+                   workdir / "fleet-list")
+    argv = broker_command() + ["leases", "--fleet", "--role", "deploy", "--format", "json"]
+    walls = []
+    for _ in range(LIST_RUNS):
+        wall, result = timed(argv, env)
+        if result.returncode:
+            raise SystemExit(f"leases --fleet failed: {result.stderr.strip()}")
+        walls.append(wall)
+    rows = len(json.loads(result.stdout))
+    median = statistics.median(walls)
+    line("leases --fleet --role R --format json", f"{median:.2f} s", "<= 1 s", median <= 1.0 and rows == LIST_ROWS,
+         f"{rows} rows from {LIST_HOSTS} hosts, median of {LIST_RUNS}")
+    return {"name": "fleet-list", "seconds": median, "rows": rows, "runs": walls}
+
+
+def scenario_fleet_revoke(workdir: Path, double) -> dict:
+    """`broker revoke --fleet --role R --yes` of 1,000 leases, the Vault double adding 20 ms a request."""
+    dbname, _owner = fresh_ledger()
+    seed_rows(dbname, REVOKE_LEASES, 50, "ops")
+    env = base_env({"BROKER_LEDGER_URL": postgres().url("resp_1", dbname), "BROKER_HOST": "responder",
+                    "VAULT_ADDR": double.info["vault_addr"], "VAULT_TOKEN": double.info["token"]},
+                   workdir / "fleet-revoke")
+    wall, result = timed(broker_command() + ["revoke", "--fleet", "--role", "ops", "--yes", "--format", "json"], env)
+    if result.returncode:
+        raise SystemExit(f"revoke --fleet failed ({result.returncode}): {result.stderr.strip()[-300:]}")
+    revoked = json.loads(result.stdout)["summary"]["revoked"]
+    line(f"revoke --fleet, {REVOKE_LEASES} leases, +{REVOKE_LATENCY_MS}ms", f"{wall:.2f} s", "<= 4 s",
+         wall <= 4.0 and revoked == REVOKE_LEASES, f"{revoked} revoked")
+    return {"name": "fleet-revoke", "seconds": wall, "revoked": revoked}
+
+
+def scenario_fleet_miss(workdir: Path, double) -> dict:
+    """A credential-process miss with no ledger URL, PostgreSQL unreachable and PostgreSQL hung."""
+    from tests.pg import HungServer, closed_port_url
+
+    pg = postgres()
+    dbname, _owner = fresh_ledger()
+    broker = broker_command()
+    with HungServer() as hung:
+        urls = {"none": None, "unreachable": closed_port_url("host_a", pg.password, dbname),
+                "hung": hung.url("host_a", pg.password, dbname)}
+        envs = {}
+        for name, url in urls.items():  # one host each: a failed sync backs off per local ledger
+            env = base_env({"VAULT_ADDR": double.info["vault_addr"], "VAULT_TOKEN": double.info["token"],
+                            "BROKER_HOST": f"miss-{name}", **({"BROKER_LEDGER_URL": url} if url else {})},
+                           workdir / f"fleet-miss-{name}")
+            added = subprocess.run(broker + ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+            if added.returncode:
+                raise SystemExit(f"profile add failed: {added.stderr.strip()}")
+            timed(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)  # warm up
+            envs[name] = env
+        walls: dict[str, list[float]] = {name: [] for name in urls}
+        for _ in range(MISS_RUNS):
+            for name, env in envs.items():
+                wall, result = timed(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)
+                if result.returncode:
+                    raise SystemExit(f"credential-process failed: {result.stderr.strip()}")
+                walls[name].append(wall)
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    figures = {}
+    for name in ("unreachable", "hung"):
+        paired = statistics.median(w - n for w, n in zip(walls[name], walls["none"], strict=True))
+        figures[name] = paired
+        line(f"miss, PostgreSQL {name}", f"{paired * 1000:+.0f} ms", "<= +100 ms", paired <= 0.100,
+             f"median {medians[name] * 1000:.0f} ms vs {medians['none'] * 1000:.0f} ms without a ledger URL; "
+             f"median of {MISS_RUNS} paired runs")
+    return {"name": "fleet-miss", "slower": figures, "medians": medians}
+
+
+SCENARIOS = {"fleet-list": scenario_fleet_list, "fleet-revoke": scenario_fleet_revoke, "fleet-miss": scenario_fleet_miss}
+LATENCY_MS = {"fleet-revoke": REVOKE_LATENCY_MS}  # the Vault double's added latency per scenario
+
+
+class Double:
+    """`python -m tests.vault_double` (Vault double + moto) as a separate process."""
+
+    def __init__(self, workdir: Path, latency_ms: int = 0):
+        self.ready = workdir / f"double-{latency_ms}.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.vault_double", "--ready-file", str(self.ready), "--latency-ms",
+             str(latency_ms), "--max-seconds", "1800"],
+            cwd=ROOT, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not self.ready.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise SystemExit("the Vault double did not start")
+            time.sleep(0.05)
+        self.info = json.loads(self.ready.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    args = parser.parse_args()
+    chosen = args.scenarios or list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    print(f"# broker fleet benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{' '.join(broker_command())}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-fleet-"))
+    doubles: dict[int, Double] = {}
+    figures = []
+    try:
+        for name in chosen:
+            latency = LATENCY_MS.get(name, 0)
+            if name != "fleet-list" and latency not in doubles:
+                doubles[latency] = Double(workdir, latency)
+            figures.append(SCENARIOS[name](workdir, doubles.get(latency)))
+    finally:
+        for double in doubles.values():
+            double.stop()
+        stop_postgres()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
