@@ -277,21 +277,27 @@ class Host:
 
     def add_leases(self, count: int, *, role: str = "deploy", mount: str = "aws", namespace: str = "",
                    credential_type: str = "assumed_role", ttl: int = 3600, issued_at: int | None = None,
-                   secret: bytes | None = b"sealed-placeholder", enqueue: bool = True) -> list[tuple[int, str]]:
-        """Record `count` active leases as credential-process would (outbox entries included);
+                   secret: bytes | None = b"sealed-placeholder", enqueue: bool = True,
+                   issued: list | None = None) -> list[tuple[int, str]]:
+        """Record `count` active leases as credential-process would (outbox entries included), or
+        the given `issued` ones (tests.vault_double.Issued: leases the Vault double really holds);
         returns [(row id, lease_id)]. Bulk sqlite3 for speed; the schema comes from broker itself."""
         self.app().engine.dispose()  # creates and migrates the database
         now = int(time.time()) if issued_at is None else issued_at
+        sts = credential_type != "iam_user"
+        specs = [(f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}", f"ASIA{token.upper()}",
+                  f"broker-{self.user}-{i}-{token}" if credential_type == "assumed_role" else None)
+                 for i, token in ((i, secrets.token_hex(8)) for i in range(count))]
+        if issued is not None:
+            specs = [(x.lease_id, x.access_key, x.arn.rsplit("/", 1)[1] if x.arn else None) for x in issued]
         rows = []
-        for i in range(count):
-            token = secrets.token_hex(8)
-            sts = credential_type != "iam_user"
+        for i, (lease_id, access_key_id, session_name) in enumerate(specs):
             rows.append((
-                f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}", None, None,
-                "http://127.0.0.1:8200", namespace, mount, role, "sts" if sts else "creds", credential_type,
-                f"ASIA{token.upper()}", f"broker-{self.user}-{i}-{token}" if credential_type == "assumed_role" else None,
-                None, not sts, now - i, None, now - i + ttl, "active", None, None, None, secret, self.name, self.user,
+                lease_id, None, None, "http://127.0.0.1:8200", namespace, mount, role, "sts" if sts else "creds",
+                credential_type, access_key_id, session_name, None, not sts, now - i, None, now - i + ttl, "active",
+                None, None, None, secret, self.name, self.user,
             ))
+        count = len(rows)
         conn = sqlite3.connect(self.db, timeout=30)
         try:
             with conn:
