@@ -502,21 +502,35 @@ class SyncResult:
     pending: int = 0
 
 
-def sync(app, *, background: bool = False) -> SyncResult:
+def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
     """Drain the outbox into the fleet ledger and pull revocations of this host's leases.
-    In background mode (after a miss) skip at once if another sync runs. When PostgreSQL cannot be
-    reached the error propagates and every pending row stays queued."""
+    With wait=False, skip at once (ran=False) if another sync runs; background (after a miss) also
+    lowers this process's priority. When PostgreSQL cannot be reached the error propagates and every
+    pending row stays queued."""
     url = require_url(app)
     path = locks.lock_path(app.db_path, SYNC_LOCK)
     if background:
         with contextlib.suppress(OSError):
             os.nice(10)  # never compete with the credential-process calls that started it
+    if background or not wait:
         with locks.try_hold(path) as held:
             if not held:
                 return SyncResult(ran=False)
             return _sync_locked(app, url)
     with locks.hold(path, SYNC_LOCK_WAIT_SECONDS, "fleet sync lock"):
         return _sync_locked(app, url)
+
+
+def sync_before_prune(app) -> SyncResult | None:
+    """`broker prune` first pushes what waits in the outbox (the rows it must keep until then) and
+    pulls revocations. PostgreSQL being down is a warning, never a reason not to prune."""
+    if not app.ledger_url:
+        return None
+    try:
+        return sync(app, wait=False)
+    except FleetError as exc:
+        log.warning("fleet ledger sync skipped: %s", exc)
+        return None
 
 
 def _sync_locked(app, url: str) -> SyncResult:
