@@ -936,7 +936,7 @@ def revoke_fleet(app, selector: FleetRevokeSelector, *, dry_run: bool = False, c
         else:
             _revoke_claimed(ledger, t, active_where, report, make_vault, workers, by, addr, None)
             _revoke_unknown(unknown, report, make_vault, workers, None)
-        _report_others(ledger, t, selector, report, addr, now)
+        _report_others(ledger, t, planned, report, addr, now)
     finally:
         ledger.dispose()
     report.results.sort(key=lambda r: (r.target.host, r.target.lease_id))
@@ -1019,18 +1019,21 @@ def _revoke_unknown(unknown, report, make_vault, workers, tick) -> None:
     revoking.revoke_targets(unknown, make_vault, workers, on_result)
 
 
-def _report_others(ledger, t, selector, report, addr, now) -> None:
-    """Rows of the selection that another responder revoked while this run was going on."""
+def _report_others(ledger, t, planned, report, addr, now) -> None:
+    """Rows that were active when this run planned, that another responder revoked meanwhile."""
+    from sqlalchemy import tuple_
+
     from broker import revoke as revoking
 
     ours = {(r.target.lease_id, r.target.access_key_id) for r in report.results}
-    where = _where(t, selector.rows("revoked"), func.now()) + [t.c.revoked_at >= _utc(now)]
-    with ledger.begin("reading leases") as conn:
-        for row in conn.execute(_target_query(t, where)):
-            target = _to_target(row, addr, now)
-            if (target.lease_id, target.access_key_id) not in ours:
+    theirs = [(x.lease_id, x.access_key_id) for x in planned if (x.lease_id, x.access_key_id) not in ours]
+    for start in range(0, len(theirs), PULL_BATCH):
+        keys = theirs[start:start + PULL_BATCH]
+        where = [t.c.state == "revoked", tuple_(t.c.lease_id, t.c.access_key_id).in_(keys)]
+        with ledger.begin("reading leases") as conn:
+            for row in conn.execute(_target_query(t, where)):
                 report.results.append(revoking.Result(
-                    target, True, "already_revoked", f"revoked by {row[-1]} at the same time", now))
+                    _to_target(row, addr, now), True, "already_revoked", f"revoked by {row[-1]} meanwhile", now))
 
 
 def _pull_now(app) -> None:
