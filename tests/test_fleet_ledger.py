@@ -229,13 +229,14 @@ def test_password_never_shown(tmp_path, pg, fleet_db, hosts):
     a = hosts[0]
     a.add_leases(1)
     wrong = pg.url("host_a", fleet_db).replace(pg.password, "Sekr3t-Passw0rd")
-    for url in (wrong, closed_port_url("host_a", "Sekr3t-Passw0rd", fleet_db),
-                wrong.replace(f"/{fleet_db}", "/nodb?sslmode=bogus"), "postgresql://host_a:Sekr3t-Passw0rd@[::1"):
-        for args in (("ledger", "sync"), ("ledger", "status"), ("-v", "ledger", "sync")):
-            result = a.broker(*args, url=url)
-            assert result.returncode != 0
-            assert "Sekr3t" not in result.stdout + result.stderr, (url, result.stderr)
-            assert "***" in result.stderr or "not a URL" in result.stderr, result.stderr
+    attempts = [(url, ("-v", "ledger", "sync")) for url in (
+        wrong, closed_port_url("host_a", "Sekr3t-Passw0rd", fleet_db), wrong.replace(f"/{fleet_db}", "/nodb?sslmode=bogus"),
+        "postgresql://host_a:Sekr3t-Passw0rd@[::1", wrong + "?password=Sekr3t-Passw0rd")] + [(wrong, ("ledger", "status"))]
+    for url, args in attempts:
+        result = a.broker(*args, url=url)
+        assert result.returncode != 0
+        assert "Sekr3t" not in result.stdout + result.stderr, (url, result.stderr)
+        assert "***" in result.stderr or "not a URL" in result.stderr, result.stderr
     # The password may come from PGPASSWORD or ~/.pgpass instead of the URL (libpq's rules).
     bare = pg.url("host_a", fleet_db, password=False)
     assert a.broker("ledger", "sync", url=bare, PGPASSWORD=pg.password).returncode == 0
