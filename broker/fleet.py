@@ -653,7 +653,7 @@ def list_leases(app, selector: FleetSelector, *, batch: int = 2_000) -> Iterator
             state.label("state"), _epoch(t.c.revoked_at).label("revoked_at"), t.c.revoked_by,
         )
         .where(*_where(t, selector, now))
-        .order_by(t.c.issued_at.desc(), t.c.lease_id)
+        .order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
     )
     try:
         with ledger.begin("listing leases") as conn:
@@ -667,7 +667,7 @@ def list_leases(app, selector: FleetSelector, *, batch: int = 2_000) -> Iterator
         ledger.dispose()
 
 
-def json_rows(app, selector: FleetSelector, *, batch_size: int = 5_000) -> Iterator[list[str]]:
+def json_rows(app, selector: FleetSelector, *, batch_size: int = 2_000) -> Iterator[list[str]]:
     """Every matching fleet row as one JSON object's text, newest first, in batches (what `leases
     --fleet --format json` writes): the trigger-kept `listing_json`, from a server-side cursor."""
     from sqlalchemy import and_, case
@@ -679,7 +679,9 @@ def json_rows(app, selector: FleetSelector, *, batch_size: int = 5_000) -> Itera
     expired = and_(t.c.state == "active", t.c.expires_at <= func.now())
     text = case((expired, func.replace(t.c.listing_json, '"state": "active"', '"state": "expired"')),
                 else_=t.c.listing_json)
-    query = select(text).where(*_where(t, selector, func.now())).order_by(t.c.issued_at.desc(), t.c.lease_id)
+    query = (
+        select(text).where(*_where(t, selector, func.now())).order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
+    )
     try:
         with ledger.begin("listing leases") as conn:
             compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
@@ -762,8 +764,9 @@ def _table_widths(app, selector: FleetSelector) -> dict:
 
 # -- `broker revoke --fleet`: claims, the shared revoke engine, marks ----------------------------------------
 
-CLAIM_PER_WORKER = 4  # rows claimed per batch = this many per concurrent Vault worker
+CLAIM_PER_WORKER = 16  # rows claimed per batch = this many per concurrent Vault worker
 OTHERS_WAIT_SECONDS = 120  # how long to wait for rows another responder holds
+CLAIM_HOLD_SECONDS = 600  # a claim's transaction may sit this long while Vault answers
 
 
 @dataclass(frozen=True)
@@ -924,7 +927,7 @@ def revoke_fleet(app, selector: FleetRevokeSelector, *, dry_run: bool = False, c
         if dry_run:
             report.results += [revoking.Result(x, True, "would_revoke", None, now) for x in planned + unknown]
             return report
-        make_vault = revoking.vault_factory()  # checks VAULT_ADDR & co. before anything changes
+        make_vault = _per_thread(revoking.vault_factory())  # checks VAULT_ADDR & co. before anything changes
         if confirm is not None and (planned or unknown):
             confirm(revoking.describe_plan(selector, planned + unknown, []))
         workers = concurrency or revoking.concurrency_from_env()
@@ -944,6 +947,23 @@ def revoke_fleet(app, selector: FleetRevokeSelector, *, dry_run: bool = False, c
         with contextlib.suppress(FleetError):
             _pull_now(app)  # this machine's own leases among them stop being served at once
     return report
+
+
+def _per_thread(make_vault):
+    """make_vault, remembering each worker thread's Vault across the claimed batches: every batch
+    runs on a new pool whose threads replace the last one's, so a thread id is never shared by
+    two live threads, and one connection per worker serves the whole run."""
+    import threading
+
+    made: dict[tuple[int, str], object] = {}
+
+    def cached(addr: str):
+        key = (threading.get_ident(), addr)
+        if key not in made:
+            made[key] = make_vault(addr)
+        return made[key]
+
+    return cached
 
 
 def _fleet_outcome(result):
@@ -969,6 +989,7 @@ def _revoke_claimed(ledger, t, active_where, report, make_vault, workers, by, ad
         with ledger.translated("claiming leases"), ledger.engine.connect() as conn:
             transaction = conn.begin()
             try:
+                conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_HOLD_SECONDS}s'"))
                 if phase == "skip":
                     query = _target_query(t, active_where, lock="skip", limit=batch_size, after=after)
                 else:

@@ -68,7 +68,7 @@ class FleetLease(FleetBase):
         Index("ix_fleet_leases_role_mount", "role", "mount"),
         Index("ix_fleet_leases_host", "host"),
         Index("ix_fleet_leases_os_user", "os_user"),
-        Index("ix_fleet_leases_issued_at", "issued_at"),
+        Index("ix_fleet_leases_issued_at_lease_id", "issued_at", "lease_id"),  # newest first
     )
 
 

@@ -87,7 +87,7 @@ def upgrade() -> None:
     op.create_index('ix_fleet_leases_role_mount', 'fleet_leases', ['role', 'mount'], unique=False)
     op.create_index('ix_fleet_leases_host', 'fleet_leases', ['host'], unique=False)
     op.create_index('ix_fleet_leases_os_user', 'fleet_leases', ['os_user'], unique=False)
-    op.create_index('ix_fleet_leases_issued_at', 'fleet_leases', ['issued_at'], unique=False)
+    op.create_index('ix_fleet_leases_issued_at_lease_id', 'fleet_leases', ['issued_at', 'lease_id'], unique=False)
 
     # One function before every write: a revoked row stays revoked, whoever updates it later (a
     # host pushing an older local state, a renewal racing a fleet revoke), enforced here rather than
