@@ -258,6 +258,7 @@ def main() -> None:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     print(f"# broker fleet benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"{' '.join(broker_command())}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop PostgreSQL and the double on the way out
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-fleet-"))
     doubles: dict[int, Double] = {}
     figures = []
