@@ -126,10 +126,12 @@ def renew_matching(app, selector: RenewSelector, *, increment: int | None = None
 
     if to_renew:
         run_concurrently(to_renew, renew_one, vault_factory(), concurrency_from_env(), on_result)
+    position = {t: i for i, t in enumerate(targets)}
+    report.results.sort(key=lambda r: position.get(r.target, len(position)))
     return report
 
 
-_RECORD = update(Lease).where(Lease.id == bindparam("row")).values(
+_RECORD = update(Lease.__table__).where(Lease.__table__.c.id == bindparam("row")).values(
     expires_at=bindparam("until"), renewed_at=bindparam("at"))
 
 

@@ -322,14 +322,15 @@ def concurrency_from_env() -> int:
 
 # -- 3. marking -------------------------------------------------------------------------------------------
 
+_LEASES = Lease.__table__  # Core table: executemany of UPDATEs by id, no ORM bookkeeping
 _MARK_REVOKED = (
-    update(Lease)
-    .where(Lease.id == bindparam("row"), Lease.state == "active")
+    update(_LEASES)
+    .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
     .values(state="revoked", revoked_at=bindparam("at"), revoked_by=bindparam("by"), revoke_error=None, secret=None)
 )
 _MARK_FAILED = (
-    update(Lease)
-    .where(Lease.id == bindparam("row"), Lease.state == "active")
+    update(_LEASES)
+    .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
     .values(revoke_error=bindparam("error"), secret=None)
 )
 
@@ -408,7 +409,7 @@ def revoke_matching(
 
     if selector.prefix:
         _revoke_by_prefix(report, actionable, calls, make_vault, on_result)
-        return report
+        return _in_order(report, targets)
     in_vault, local_only = [], []
     for t in actionable:
         (in_vault if t.lease_id else local_only).append(t)
@@ -424,6 +425,13 @@ def revoke_matching(
             revoke_targets(in_vault, make_vault, workers, counted)
     else:
         revoke_targets(in_vault, make_vault, workers, on_result)
+    return _in_order(report, targets)
+
+
+def _in_order(report: RevokeReport, targets: Sequence[Target]) -> RevokeReport:
+    """Results in selection order (they arrive in completion order)."""
+    position = {t: i for i, t in enumerate(targets)}
+    report.results.sort(key=lambda r: position.get(r.target, len(position)))
     return report
 
 
@@ -591,46 +599,49 @@ def deny_policies(targets: Iterable[Target], cutoff: int, *, role_id: str | None
     Pure: no I/O; `cutoff` is the revoke time, so credentials issued after the revoke are spared.
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cutoff))
-    groups: dict[tuple[str, str, str, str | None], list[Target]] = {}
+    roles: dict[tuple[str, str, str | None], list[Target]] = {}
+    users: dict[str, list[Target]] = {}  # by mount: one Vault IAM user per mount
     for t in targets:
-        if t.credential_type not in STS_TYPES:
-            continue
-        arn = t.role_arn if t.credential_type == "assumed_role" else None
-        groups.setdefault((t.credential_type, t.mount, t.role, arn), []).append(t)
+        if t.credential_type == "assumed_role":
+            roles.setdefault((t.mount, t.role, t.role_arn), []).append(t)
+        elif t.credential_type in STS_TYPES:
+            users.setdefault(t.mount, []).append(t)
     policies: list[DenyPolicy] = []
-    for (kind, mount, role, arn), members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for (mount, role, arn), members in sorted(roles.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         vault_role = f"{mount}/{role}"
-        if kind == "assumed_role":
-            principal = _role_name(arn) or ROLE_PLACEHOLDER
-            names = sorted({t.role_session_name for t in members if t.role_session_name})
-            if names and all(t.role_session_name for t in members):
-                chunks = _chunks(names, role_id)
-                for i, chunk in enumerate(chunks, 1):
-                    suffix = f"-{i}" if len(chunks) > 1 else ""
-                    policies.append(DenyPolicy(
-                        scope="sessions", credential_type=kind, vault_role=vault_role, attach_to="role",
-                        principal=principal, policy_name=f"broker-deny-sessions-{stamp}{suffix}",
-                        policy=sessions_policy(chunk, role_id),
-                        lease_count=sum(1 for t in members if t.role_session_name in set(chunk)),
-                        note=f"denies exactly these {len(chunk)} session(s) of the IAM role Vault role "
-                             f"{vault_role} assumes",
-                    ))
-            policies.append(DenyPolicy(
-                scope="issued-before", credential_type=kind, vault_role=vault_role, attach_to="role",
-                principal=principal, policy_name=f"broker-deny-before-{stamp}", policy=issued_before_policy(cutoff),
-                lease_count=len(members),
-                note=f"denies EVERY session of that IAM role issued before {cache.iso_utc(cutoff)}, "
-                     f"also ones not issued through this broker",
-            ))
-        else:
-            policies.append(DenyPolicy(
-                scope="issued-before", credential_type=kind, vault_role=vault_role, attach_to="user",
-                principal=VAULT_USER_PLACEHOLDER, policy_name=f"broker-deny-before-{stamp}",
-                policy=issued_before_policy(cutoff), lease_count=len(members),
-                note=f"{kind} credentials take their permissions from the IAM user whose keys Vault mount "
-                     f"{mount} uses: this denies every temporary credential that user issued before "
-                     f"{cache.iso_utc(cutoff)} (not possible if Vault uses the account root's keys)",
-            ))
+        principal = _role_name(arn) or ROLE_PLACEHOLDER
+        names = sorted({t.role_session_name for t in members if t.role_session_name})
+        if names and all(t.role_session_name for t in members):
+            chunks = _chunks(names, role_id)
+            for i, chunk in enumerate(chunks, 1):
+                suffix = f"-{i}" if len(chunks) > 1 else ""
+                in_chunk = set(chunk)
+                policies.append(DenyPolicy(
+                    scope="sessions", credential_type="assumed_role", vault_role=vault_role, attach_to="role",
+                    principal=principal, policy_name=f"broker-deny-sessions-{stamp}{suffix}",
+                    policy=sessions_policy(chunk, role_id),
+                    lease_count=sum(1 for t in members if t.role_session_name in in_chunk),
+                    note=f"denies exactly {'this session' if len(chunk) == 1 else f'these {len(chunk)} sessions'} "
+                         f"of the IAM role that Vault role {vault_role} assumes",
+                ))
+        policies.append(DenyPolicy(
+            scope="issued-before", credential_type="assumed_role", vault_role=vault_role, attach_to="role",
+            principal=principal, policy_name=f"broker-deny-before-{stamp}", policy=issued_before_policy(cutoff),
+            lease_count=len(members),
+            note=f"or: deny EVERY session of that IAM role issued before {cache.iso_utc(cutoff)}, "
+                 f"including ones not issued through this broker",
+        ))
+    for mount, members in sorted(users.items()):
+        kinds = ", ".join(sorted({t.credential_type for t in members}))
+        vault_roles = ", ".join(sorted({f"{t.mount}/{t.role}" for t in members}))
+        policies.append(DenyPolicy(
+            scope="issued-before", credential_type=kinds, vault_role=vault_roles, attach_to="user",
+            principal=VAULT_USER_PLACEHOLDER, policy_name=f"broker-deny-before-{stamp}",
+            policy=issued_before_policy(cutoff), lease_count=len(members),
+            note=f"{kinds} credentials take their permissions from the IAM user whose keys Vault mount "
+                 f"{mount} uses: this denies every temporary credential that user issued before "
+                 f"{cache.iso_utc(cutoff)} (not possible if Vault uses the account root's keys)",
+        ))
     return policies
 
 
@@ -642,7 +653,7 @@ def sts_warning(targets: Sequence[Target], *, dry_run: bool) -> str | None:
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     verb = "would stay" if dry_run else "stay"
     return (f"Vault cannot invalidate STS credentials: revoking their leases does not touch AWS. "
-            f"These {len(targets)} credentials ({what}) {verb} valid until their expires_at "
+            f"{'This credential' if len(targets) == 1 else f'These {len(targets)} credentials'} ({what}) {verb} valid until their expires_at "
             f"(the last at {cache.iso_utc(last)}) unless an IAM deny policy cuts them off.")
 
 
