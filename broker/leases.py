@@ -177,8 +177,13 @@ def renew_cached(app, request: IssueRequest) -> Credential | None:
         log.info("renewal of %s refused (%s); issuing a new credential", row.lease_id, exc)
         return None
     expires_at = now + duration
-    if not cache.reusable(now, expires_at, now):
+    # Capped by the max TTL: shorter than its last term and inside botocore's refresh window.
+    lifetime = row.expires_at - (row.renewed_at or row.issued_at)
+    if duration < min(cache.REFRESH_WINDOW, lifetime) or not cache.reusable(now, expires_at, now):
         log.info("renewal of %s capped at %ss by its max TTL; issuing a new credential", row.lease_id, duration)
+        with app.transaction() as session:  # the ledger keeps Vault's real end; renewed_at stays, so no hit
+            session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at))
+            enqueue_for_fleet(app, session, row.id)
         return None
     with app.transaction() as session:
         session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at, renewed_at=now))
