@@ -52,14 +52,31 @@ class RenewReport:
 
     def summary(self) -> str:
         counts = Counter(r.outcome for r in self.results)
-        parts = [f"{counts[name]} {name.replace('_', ' ')}"
-                 for name in ("renewed", "capped", "not_renewable", "failed", "expired", "revoked") if counts[name]]
+        parts = [
+            f"{counts[name]} {name.replace('_', ' ')}"
+            for name in ("renewed", "capped", "not_renewable", "failed", "expired", "revoked")
+            if counts[name]
+        ]
         return f"renew ({self.selector.describe()}): " + (", ".join(parts) if parts else "no active leases")
 
 
-_COLUMNS = [Lease.id, Lease.lease_id, Lease.namespace, Lease.credential_type, Lease.access_key_id, Lease.role,
-            Lease.mount, Lease.role_session_name, Lease.expires_at, Lease.issued_at, Lease.vault_addr,
-            Lease.role_arn, Lease.profile, Lease.state, Lease.renewable]
+_COLUMNS = [
+    Lease.id,
+    Lease.lease_id,
+    Lease.namespace,
+    Lease.credential_type,
+    Lease.access_key_id,
+    Lease.role,
+    Lease.mount,
+    Lease.role_session_name,
+    Lease.expires_at,
+    Lease.issued_at,
+    Lease.vault_addr,
+    Lease.role_arn,
+    Lease.profile,
+    Lease.state,
+    Lease.renewable,
+]
 
 
 def _select(app, selector: RenewSelector, now: int) -> tuple[list[Target], set[int]]:
@@ -70,8 +87,11 @@ def _select(app, selector: RenewSelector, now: int) -> tuple[list[Target], set[i
             wanted = list(dict.fromkeys(selector.lease_ids))
             rows = []
             for start in range(0, len(wanted), CHUNK):
-                rows += session.execute(select(*_COLUMNS).where(Lease.lease_id.in_(wanted[start:start + CHUNK]))
-                                        .order_by(Lease.id)).all()
+                rows += session.execute(
+                    select(*_COLUMNS)
+                    .where(Lease.lease_id.in_(wanted[start : start + CHUNK]))
+                    .order_by(Lease.id)
+                ).all()
             missing = set(wanted) - {row[1] for row in rows}
             if missing:
                 raise UsageError(f"no lease {sorted(missing)[0]} in the ledger; `broker leases` lists them")
@@ -83,9 +103,19 @@ def _select(app, selector: RenewSelector, now: int) -> tuple[list[Target], set[i
     for row in rows:
         *fields, is_renewable = row
         target = Target(
-            lease_id=fields[1], namespace=fields[2] or "", credential_type=fields[3], access_key_id=fields[4],
-            role=fields[5], mount=fields[6], role_session_name=fields[7], expires_at=fields[8], issued_at=fields[9],
-            vault_addr=fields[10], role_arn=fields[11], profile=fields[12], row_id=fields[0],
+            lease_id=fields[1],
+            namespace=fields[2] or "",
+            credential_type=fields[3],
+            access_key_id=fields[4],
+            role=fields[5],
+            mount=fields[6],
+            role_session_name=fields[7],
+            expires_at=fields[8],
+            issued_at=fields[9],
+            vault_addr=fields[10],
+            role_arn=fields[11],
+            profile=fields[12],
+            row_id=fields[0],
             state=audit.derived_state(fields[13], fields[8], now),
         )
         targets.append(target)
@@ -107,8 +137,11 @@ def renew_matching(app, selector: RenewSelector, *, increment: int | None = None
         if t.state != "active":
             report.results.append(Result(t, True, t.state, None, now))
         elif t.row_id not in renewable:
-            reason = ("STS credentials cannot be extended; request a new one when this ends" if t.is_sts
-                      else "Vault issued this lease as not renewable")
+            reason = (
+                "STS credentials cannot be extended; request a new one when this ends"
+                if t.is_sts
+                else "Vault issued this lease as not renewable"
+            )
             report.results.append(Result(t, True, "not_renewable", reason, now))
         else:
             to_renew.append(t)
@@ -131,8 +164,11 @@ def renew_matching(app, selector: RenewSelector, *, increment: int | None = None
     return report
 
 
-_RECORD = update(Lease.__table__).where(Lease.__table__.c.id == bindparam("row")).values(
-    expires_at=bindparam("until"), renewed_at=bindparam("at"))
+_RECORD = (
+    update(Lease.__table__)
+    .where(Lease.__table__.c.id == bindparam("row"))
+    .values(expires_at=bindparam("until"), renewed_at=bindparam("at"))
+)
 
 
 def _record(app, results: Sequence[Result]) -> None:
@@ -148,13 +184,25 @@ def _record(app, results: Sequence[Result]) -> None:
 
 
 REPORT_COLUMNS = ["lease_id", "credential_type", "access_key_id", "result", "expires_at", "detail"]
-REPORT_HEADERS = {"lease_id": "LEASE ID", "credential_type": "TYPE", "access_key_id": "ACCESS KEY ID",
-                  "result": "RESULT", "expires_at": "EXPIRES (UTC)", "detail": "DETAIL"}
+REPORT_HEADERS = {
+    "lease_id": "LEASE ID",
+    "credential_type": "TYPE",
+    "access_key_id": "ACCESS KEY ID",
+    "result": "RESULT",
+    "expires_at": "EXPIRES (UTC)",
+    "detail": "DETAIL",
+}
 
 
 def report_rows(report: RenewReport) -> list[dict]:
-    return [{
-        "lease_id": r.target.lease_id, "credential_type": r.target.credential_type,
-        "access_key_id": r.target.access_key_id, "result": r.outcome,
-        "expires_at": cache.iso_utc(r.expires_at or r.target.expires_at or 0), "detail": r.error,
-    } for r in report.results]
+    return [
+        {
+            "lease_id": r.target.lease_id,
+            "credential_type": r.target.credential_type,
+            "access_key_id": r.target.access_key_id,
+            "result": r.outcome,
+            "expires_at": cache.iso_utc(r.expires_at or r.target.expires_at or 0),
+            "detail": r.error,
+        }
+        for r in report.results
+    ]

@@ -72,10 +72,16 @@ class Target:
 
     def public(self) -> dict:
         return {
-            "lease_id": self.lease_id, "profile": self.profile, "mount": self.mount, "role": self.role,
-            "namespace": self.namespace, "credential_type": self.credential_type,
-            "access_key_id": self.access_key_id, "role_session_name": self.role_session_name,
-            "issued_at": audit.iso_or_none(self.issued_at), "expires_at": audit.iso_or_none(self.expires_at),
+            "lease_id": self.lease_id,
+            "profile": self.profile,
+            "mount": self.mount,
+            "role": self.role,
+            "namespace": self.namespace,
+            "credential_type": self.credential_type,
+            "access_key_id": self.access_key_id,
+            "role_session_name": self.role_session_name,
+            "issued_at": audit.iso_or_none(self.issued_at),
+            "expires_at": audit.iso_or_none(self.expires_at),
         }
 
 
@@ -85,7 +91,8 @@ class Result:
 
     target: Target
     ok: bool
-    outcome: str  # revoked | failed | already_revoked | expired | not_in_ledger (revoke sent to Vault) | would_revoke
+    # revoked | failed | already_revoked | expired | not_in_ledger (revoke sent to Vault) | would_revoke
+    outcome: str
     error: str | None = None
     at: int = 0
     expires_at: int | None = None  # a renewal's new end
@@ -108,7 +115,8 @@ class RevokeSelector:
         kinds = [bool(self.lease_ids), bool(self.role or self.mount), bool(self.profile), self.all]
         if sum(kinds) != 1:
             raise UsageError(
-                "say which leases: --lease-id ID (repeatable), --role R [--mount M], --profile P, --mount M or --all"
+                "say which leases: --lease-id ID (repeatable), --role R [--mount M], --profile P, "
+                "--mount M or --all"
             )
         if self.prefix and not ((self.role and self.mount) or self.profile):
             raise UsageError("--prefix needs --role R with --mount M, or --profile P")
@@ -154,30 +162,73 @@ class RevokeReport:
 
     def counts(self) -> dict:
         counted = Counter(r.outcome for r in self.results)
-        return {name: counted.get(name, 0) for name in
-                ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired")}
+        return {
+            name: counted.get(name, 0)
+            for name in ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired")
+        }
 
     def sts_targets(self) -> list[Target]:
         """STS credentials that this run revoked (or would) in Vault but that AWS still honours."""
-        return [r.target for r in self.results
-                if r.target.is_sts and r.outcome in ("revoked", "would_revoke", "failed")
-                and (r.target.expires_at or 0) > self.at]
+        return [
+            r.target
+            for r in self.results
+            if r.target.is_sts
+            and r.outcome in ("revoked", "would_revoke", "failed")
+            and (r.target.expires_at or 0) > self.at
+        ]
 
 
 # -- 1. selection --------------------------------------------------------------------------------------
 
-_TARGET_COLUMNS = [Lease.id, Lease.lease_id, Lease.namespace, Lease.credential_type, Lease.access_key_id, Lease.role,
-                   Lease.mount, Lease.role_session_name, Lease.expires_at, Lease.issued_at, Lease.vault_addr,
-                   Lease.role_arn, Lease.profile, Lease.state]
+_TARGET_COLUMNS = [
+    Lease.id,
+    Lease.lease_id,
+    Lease.namespace,
+    Lease.credential_type,
+    Lease.access_key_id,
+    Lease.role,
+    Lease.mount,
+    Lease.role_session_name,
+    Lease.expires_at,
+    Lease.issued_at,
+    Lease.vault_addr,
+    Lease.role_arn,
+    Lease.profile,
+    Lease.state,
+]
 
 
 def _target(row, now: int) -> Target:
-    (row_id, lease_id, namespace, credential_type, access_key_id, role, mount, session_name, expires_at,
-     issued_at, vault_addr, role_arn, profile, state) = row
+    (
+        row_id,
+        lease_id,
+        namespace,
+        credential_type,
+        access_key_id,
+        role,
+        mount,
+        session_name,
+        expires_at,
+        issued_at,
+        vault_addr,
+        role_arn,
+        profile,
+        state,
+    ) = row
     return Target(
-        lease_id=lease_id, namespace=namespace or "", credential_type=credential_type, access_key_id=access_key_id,
-        role=role, mount=mount, role_session_name=session_name, expires_at=expires_at, issued_at=issued_at,
-        vault_addr=vault_addr, role_arn=role_arn, profile=profile, row_id=row_id,
+        lease_id=lease_id,
+        namespace=namespace or "",
+        credential_type=credential_type,
+        access_key_id=access_key_id,
+        role=role,
+        mount=mount,
+        role_session_name=session_name,
+        expires_at=expires_at,
+        issued_at=issued_at,
+        vault_addr=vault_addr,
+        role_arn=role_arn,
+        profile=profile,
+        row_id=row_id,
         state=audit.derived_state(state, expires_at, now),
     )
 
@@ -204,8 +255,10 @@ def _by_lease_ids(app, lease_ids: Sequence[str], now: int) -> list[Target]:
     found: dict[str, list[Target]] = {}
     with app.transaction(read_only=True) as session:
         for start in range(0, len(wanted), CHUNK):
-            chunk = wanted[start:start + CHUNK]
-            for row in session.execute(select(*_TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)):
+            chunk = wanted[start : start + CHUNK]
+            for row in session.execute(
+                select(*_TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)
+            ):
                 found.setdefault(row[1], []).append(_target(row, now))
     targets = []
     addr, namespace = settings.vault_addr(), settings.vault_namespace()
@@ -215,11 +268,21 @@ def _by_lease_ids(app, lease_ids: Sequence[str], now: int) -> list[Target]:
             active = [t for t in rows if t.state == "active"]
             targets.extend(active or rows[-1:])
         else:
-            targets.append(Target(
-                lease_id=lease_id, namespace=namespace, credential_type="unknown", access_key_id="", role="",
-                mount="", role_session_name=None, expires_at=None, issued_at=None, vault_addr=addr,
-                state="unknown",
-            ))
+            targets.append(
+                Target(
+                    lease_id=lease_id,
+                    namespace=namespace,
+                    credential_type="unknown",
+                    access_key_id="",
+                    role="",
+                    mount="",
+                    role_session_name=None,
+                    expires_at=None,
+                    issued_at=None,
+                    vault_addr=addr,
+                    state="unknown",
+                )
+            )
     return targets
 
 
@@ -253,9 +316,13 @@ def run_concurrently(
         except BrokerError as exc:
             results.put(Result(item, False, "failed", _one_line(exc), int(time.time())))
         except Exception as exc:  # noqa: BLE001 - reported per lease, never lost
-            results.put(Result(item, False, "failed", f"internal error: {type(exc).__name__}", int(time.time())))
+            results.put(
+                Result(item, False, "failed", f"internal error: {type(exc).__name__}", int(time.time()))
+            )
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items))), thread_name_prefix="broker-revoke")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(concurrency, len(items))), thread_name_prefix="broker-revoke"
+    )
     futures = [pool.submit(work, item) for item in items]
     delivered = 0
     try:
@@ -288,7 +355,9 @@ def run_concurrently(
 
 def _revoke_one(vault, target: Target) -> Result:
     vault.revoke(target.lease_id, target.namespace)
-    return Result(target, True, "revoked" if target.row_id is not None else "not_in_ledger", None, int(time.time()))
+    return Result(
+        target, True, "revoked" if target.row_id is not None else "not_in_ledger", None, int(time.time())
+    )
 
 
 def revoke_targets(
@@ -316,7 +385,9 @@ def concurrency_from_env() -> int:
     if not raw:
         return DEFAULT_CONCURRENCY
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_CONCURRENCY:
-        raise UsageError(f"BROKER_REVOKE_CONCURRENCY={raw!r} must be a whole number from 1 to {MAX_CONCURRENCY}")
+        raise UsageError(
+            f"BROKER_REVOKE_CONCURRENCY={raw!r} must be a whole number from 1 to {MAX_CONCURRENCY}"
+        )
     return int(raw)
 
 
@@ -326,7 +397,13 @@ _LEASES = Lease.__table__  # Core table: executemany of UPDATEs by id, no ORM bo
 _MARK_REVOKED = (
     update(_LEASES)
     .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
-    .values(state="revoked", revoked_at=bindparam("at"), revoked_by=bindparam("by"), revoke_error=None, secret=None)
+    .values(
+        state="revoked",
+        revoked_at=bindparam("at"),
+        revoked_by=bindparam("by"),
+        revoke_error=None,
+        secret=None,
+    )
 )
 _MARK_FAILED = (
     update(_LEASES)
@@ -342,7 +419,7 @@ def wipe_secrets(app, targets: Iterable[Target]) -> None:
         return
     with app.transaction() as session:
         for start in range(0, len(ids), CHUNK):
-            session.execute(update(Lease).where(Lease.id.in_(ids[start:start + CHUNK])).values(secret=None))
+            session.execute(update(Lease).where(Lease.id.in_(ids[start : start + CHUNK])).values(secret=None))
 
 
 def mark_results(app, results: Sequence[Result], revoked_by: str) -> None:
@@ -350,10 +427,16 @@ def mark_results(app, results: Sequence[Result], revoked_by: str) -> None:
     rows stay `active` with the error. Rows already revoked meanwhile are left alone."""
     from broker import leases
 
-    done = [{"row": r.target.row_id, "at": r.at, "by": revoked_by}
-            for r in results if r.ok and r.target.row_id is not None]
-    failed = [{"row": r.target.row_id, "error": f"{cache.iso_utc(r.at)} {r.error}"}
-              for r in results if not r.ok and r.target.row_id is not None]
+    done = [
+        {"row": r.target.row_id, "at": r.at, "by": revoked_by}
+        for r in results
+        if r.ok and r.target.row_id is not None
+    ]
+    failed = [
+        {"row": r.target.row_id, "error": f"{cache.iso_utc(r.at)} {r.error}"}
+        for r in results
+        if not r.ok and r.target.row_id is not None
+    ]
     if not done and not failed:
         return
     with app.transaction() as session:
@@ -391,7 +474,9 @@ def revoke_matching(
     actionable = [t for t in targets if t.state in ("active", "unknown")]
     for t in targets:
         if t.state in ("revoked", "expired"):
-            report.results.append(Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now))
+            report.results.append(
+                Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now)
+            )
     calls = prefix_calls(selector, actionable, app) if selector.prefix else []
     if dry_run:
         report.results += [Result(t, True, "would_revoke", None, now) for t in actionable]
@@ -418,6 +503,7 @@ def revoke_matching(
     workers = concurrency or concurrency_from_env()
     if progress is not None and len(in_vault) > 1:
         with progress(len(in_vault)) as bar:
+
             def counted(batch: list[Result]) -> None:
                 on_result(batch)
                 bar.update(len(batch))
@@ -439,9 +525,14 @@ def _without_lease(target: Target, now: int) -> Result:
     """A row Vault issued without a lease id (Vault 1.13.0/1.13.1 STS): nothing to revoke in Vault."""
     if target.is_sts:
         return Result(target, True, "revoked", None, now)
-    return Result(target, False, "failed",
-                  f"Vault gave no lease id for this {target.credential_type} credential; delete access key "
-                  f"{target.access_key_id} in AWS by hand", now)
+    return Result(
+        target,
+        False,
+        "failed",
+        f"Vault gave no lease id for this {target.credential_type} credential; delete access key "
+        f"{target.access_key_id} in AWS by hand",
+        now,
+    )
 
 
 def describe_plan(selector: RevokeSelector, targets: Sequence[Target], calls: Sequence[PrefixCall]) -> str:
@@ -451,8 +542,11 @@ def describe_plan(selector: RevokeSelector, targets: Sequence[Target], calls: Se
         text += ": " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     text += ")"
     if calls:
-        text += " and everything Vault holds under " + ", ".join(sorted({c.prefix for c in calls})) + \
-            " (leases issued to anyone)"
+        text += (
+            " and everything Vault holds under "
+            + ", ".join(sorted({c.prefix for c in calls}))
+            + " (leases issued to anyone)"
+        )
     return text + "?"
 
 
@@ -481,8 +575,11 @@ def prefix_calls(selector: RevokeSelector, targets: Sequence[Target], app) -> li
         mount, role, namespace = selector.mount, selector.role, settings.vault_namespace()
     places = {(settings.vault_addr(), namespace, mount.strip("/"))}
     places |= {(t.vault_addr, t.namespace, _mount_in_namespace(t)) for t in targets if t.lease_id}
-    return [PrefixCall(addr, ns, f"{m}/{endpoint}/{role}")
-            for addr, ns, m in sorted(places) for endpoint in ("creds", "sts")]
+    return [
+        PrefixCall(addr, ns, f"{m}/{endpoint}/{role}")
+        for addr, ns, m in sorted(places)
+        for endpoint in ("creds", "sts")
+    ]
 
 
 def _revoke_by_prefix(report, targets, calls, make_vault, on_result) -> None:
@@ -526,10 +623,14 @@ class DenyPolicy:
     def command(self) -> str:
         document = json.dumps(self.policy, separators=(",", ":"))
         if self.attach_to == "role":
-            return (f"aws iam put-role-policy --role-name {self.principal} --policy-name {self.policy_name} "
-                    f"--policy-document '{document}'")
-        return (f"aws iam put-user-policy --user-name {self.principal} --policy-name {self.policy_name} "
-                f"--policy-document '{document}'")
+            return (
+                f"aws iam put-role-policy --role-name {self.principal} --policy-name {self.policy_name} "
+                f"--policy-document '{document}'"
+            )
+        return (
+            f"aws iam put-user-policy --user-name {self.principal} --policy-name {self.policy_name} "
+            f"--policy-document '{document}'"
+        )
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "command": self.command()}
@@ -543,13 +644,15 @@ def issued_before_policy(cutoff: int) -> dict:
     """AWS's "revoke active sessions": deny everything to tokens issued before `cutoff`."""
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "BrokerDenyTokensIssuedBefore",
-            "Effect": "Deny",
-            "Action": "*",
-            "Resource": "*",
-            "Condition": {"DateLessThan": {"aws:TokenIssueTime": cache.iso_utc(cutoff)}},
-        }],
+        "Statement": [
+            {
+                "Sid": "BrokerDenyTokensIssuedBefore",
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": {"DateLessThan": {"aws:TokenIssueTime": cache.iso_utc(cutoff)}},
+            }
+        ],
     }
 
 
@@ -563,9 +666,23 @@ def sessions_policy(session_names: Sequence[str], role_id: str | None = None) ->
         condition = {"StringLike": {"aws:userid": [f"*:{name}" for name in session_names]}}
     return {
         "Version": "2012-10-17",
-        "Statement": [{"Sid": "BrokerDenySessions", "Effect": "Deny", "Action": "*", "Resource": "*",
-                       "Condition": condition}],
+        "Statement": [
+            {
+                "Sid": "BrokerDenySessions",
+                "Effect": "Deny",
+                "Action": "*",
+                "Resource": "*",
+                "Condition": condition,
+            }
+        ],
     }
+
+
+def _sessions(n: int) -> str:
+    return "this session" if n == 1 else f"these {n} sessions"
+
+
+PRINCIPAL_HINT = {"role": "IAM role that Vault role assumes", "user": "IAM user of aws/config/root"}
 
 
 def _role_name(role_arn: str | None) -> str | None:
@@ -616,32 +733,52 @@ def deny_policies(targets: Iterable[Target], cutoff: int, *, role_id: str | None
             for i, chunk in enumerate(chunks, 1):
                 suffix = f"-{i}" if len(chunks) > 1 else ""
                 in_chunk = set(chunk)
-                policies.append(DenyPolicy(
-                    scope="sessions", credential_type="assumed_role", vault_role=vault_role, attach_to="role",
-                    principal=principal, policy_name=f"broker-deny-sessions-{stamp}{suffix}",
-                    policy=sessions_policy(chunk, role_id),
-                    lease_count=sum(1 for t in members if t.role_session_name in in_chunk),
-                    note=f"denies exactly {'this session' if len(chunk) == 1 else f'these {len(chunk)} sessions'} "
-                         f"of the IAM role that Vault role {vault_role} assumes",
-                ))
-        policies.append(DenyPolicy(
-            scope="issued-before", credential_type="assumed_role", vault_role=vault_role, attach_to="role",
-            principal=principal, policy_name=f"broker-deny-before-{stamp}", policy=issued_before_policy(cutoff),
-            lease_count=len(members),
-            note=f"or: deny EVERY session of that IAM role issued before {cache.iso_utc(cutoff)}, "
-                 f"including ones not issued through this broker",
-        ))
+                policies.append(
+                    DenyPolicy(
+                        scope="sessions",
+                        credential_type="assumed_role",
+                        vault_role=vault_role,
+                        attach_to="role",
+                        principal=principal,
+                        policy_name=f"broker-deny-sessions-{stamp}{suffix}",
+                        policy=sessions_policy(chunk, role_id),
+                        lease_count=sum(1 for t in members if t.role_session_name in in_chunk),
+                        note=f"denies exactly {_sessions(len(chunk))} "
+                        f"of the IAM role that Vault role {vault_role} assumes",
+                    )
+                )
+        policies.append(
+            DenyPolicy(
+                scope="issued-before",
+                credential_type="assumed_role",
+                vault_role=vault_role,
+                attach_to="role",
+                principal=principal,
+                policy_name=f"broker-deny-before-{stamp}",
+                policy=issued_before_policy(cutoff),
+                lease_count=len(members),
+                note=f"or: deny EVERY session of that IAM role issued before {cache.iso_utc(cutoff)}, "
+                f"including ones not issued through this broker",
+            )
+        )
     for mount, members in sorted(users.items()):
         kinds = ", ".join(sorted({t.credential_type for t in members}))
         vault_roles = ", ".join(sorted({f"{t.mount}/{t.role}" for t in members}))
-        policies.append(DenyPolicy(
-            scope="issued-before", credential_type=kinds, vault_role=vault_roles, attach_to="user",
-            principal=VAULT_USER_PLACEHOLDER, policy_name=f"broker-deny-before-{stamp}",
-            policy=issued_before_policy(cutoff), lease_count=len(members),
-            note=f"{kinds} credentials take their permissions from the IAM user whose keys Vault mount "
-                 f"{mount} uses: this denies every temporary credential that user issued before "
-                 f"{cache.iso_utc(cutoff)} (not possible if Vault uses the account root's keys)",
-        ))
+        policies.append(
+            DenyPolicy(
+                scope="issued-before",
+                credential_type=kinds,
+                vault_role=vault_roles,
+                attach_to="user",
+                principal=VAULT_USER_PLACEHOLDER,
+                policy_name=f"broker-deny-before-{stamp}",
+                policy=issued_before_policy(cutoff),
+                lease_count=len(members),
+                note=f"{kinds} credentials take their permissions from the IAM user whose keys Vault mount "
+                f"{mount} uses: this denies every temporary credential that user issued before "
+                f"{cache.iso_utc(cutoff)} (not possible if Vault uses the account root's keys)",
+            )
+        )
     return policies
 
 
@@ -652,18 +789,40 @@ def sts_warning(targets: Sequence[Target], *, dry_run: bool) -> str | None:
     last = max(t.expires_at or 0 for t in targets)
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     verb = "would stay" if dry_run else "stay"
-    return (f"Vault cannot invalidate STS credentials: revoking their leases does not touch AWS. "
-            f"{'This credential' if len(targets) == 1 else f'These {len(targets)} credentials'} ({what}) {verb} valid until their expires_at "
-            f"(the last at {cache.iso_utc(last)}) unless an IAM deny policy cuts them off.")
+    return (
+        f"Vault cannot invalidate STS credentials: revoking their leases does not touch AWS. "
+        f"{'This credential' if len(targets) == 1 else f'These {len(targets)} credentials'} ({what}) "
+        f"{verb} valid until their expires_at "
+        f"(the last at {cache.iso_utc(last)}) unless an IAM deny policy cuts them off."
+    )
 
 
-# -- the report -----------------------------------------------------------------------------------------------
+# -- the report ---------------------------------------------------------------------------------------
 
-REPORT_COLUMNS = ["lease_id", "credential_type", "access_key_id", "role_session_name", "mount", "role", "namespace",
-                  "expires_at", "result", "error"]
-REPORT_HEADERS = {"lease_id": "LEASE ID", "credential_type": "TYPE", "access_key_id": "ACCESS KEY ID",
-                  "role_session_name": "SESSION NAME", "mount": "MOUNT", "role": "ROLE", "namespace": "NAMESPACE",
-                  "expires_at": "EXPIRES (UTC)", "result": "RESULT", "error": "ERROR"}
+REPORT_COLUMNS = [
+    "lease_id",
+    "credential_type",
+    "access_key_id",
+    "role_session_name",
+    "mount",
+    "role",
+    "namespace",
+    "expires_at",
+    "result",
+    "error",
+]
+REPORT_HEADERS = {
+    "lease_id": "LEASE ID",
+    "credential_type": "TYPE",
+    "access_key_id": "ACCESS KEY ID",
+    "role_session_name": "SESSION NAME",
+    "mount": "MOUNT",
+    "role": "ROLE",
+    "namespace": "NAMESPACE",
+    "expires_at": "EXPIRES (UTC)",
+    "result": "RESULT",
+    "error": "ERROR",
+}
 
 
 def summary_line(report: RevokeReport) -> str:
@@ -708,25 +867,32 @@ def render_report(report: RevokeReport, fmt: str, out) -> None:
     for call in report.prefix_calls:
         where = f" in namespace {call.namespace}" if call.namespace else ""
         state = {None: "would call", True: "revoked", False: "FAILED"}[call.ok]
-        out.write(f"{state}: sys/leases/revoke-prefix/{call.prefix}{where} at {call.vault_addr}"
-                  f"{' (' + call.error + ')' if call.error else ''}\n")
+        out.write(
+            f"{state}: sys/leases/revoke-prefix/{call.prefix}{where} at {call.vault_addr}"
+            f"{' (' + call.error + ')' if call.error else ''}\n"
+        )
     if report.prefix_calls:
-        out.write("note: revoke-prefix revokes every lease under these prefixes, issued to anyone, "
-                  "not only the ones in this ledger\n")
+        out.write(
+            "note: revoke-prefix revokes every lease under these prefixes, issued to anyone, "
+            "not only the ones in this ledger\n"
+        )
     sts = report.sts_targets()
     warning = sts_warning(sts, dry_run=report.dry_run)
     if warning:
         out.write("\nWARNING: " + warning + "\n")
         for policy in deny_policies(sts, report.at):
-            out.write(f"\n# {policy.vault_role} ({policy.credential_type}, {policy.lease_count} lease"
-                      f"{'s' if policy.lease_count != 1 else ''}): {policy.note}\n")
+            out.write(
+                f"\n# {policy.vault_role} ({policy.credential_type}, {policy.lease_count} lease"
+                f"{'s' if policy.lease_count != 1 else ''}): {policy.note}\n"
+            )
             if policy.principal in (ROLE_PLACEHOLDER, VAULT_USER_PLACEHOLDER):
-                out.write(f"# replace {policy.principal} with the "
-                          f"{'IAM role that Vault role assumes' if policy.attach_to == 'role' else 'IAM user of aws/config/root'}\n")
+                out.write(f"# replace {policy.principal} with the {PRINCIPAL_HINT[policy.attach_to]}\n")
             out.write(policy.command() + "\n")
     if report.failed:
-        out.write(f"\n{len(report.failed)} revocation{'s' if len(report.failed) != 1 else ''} failed; "
-                  f"run the same command again to retry only those\n")
+        out.write(
+            f"\n{len(report.failed)} revocation{'s' if len(report.failed) != 1 else ''} failed; "
+            f"run the same command again to retry only those\n"
+        )
 
 
 def _one_line(exc: BaseException) -> str:
