@@ -7,15 +7,34 @@ secret unless `secret` is given. Lease ids are `<mount>/<creds|sts>/<role>/<tag>
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 
 COLUMNS = (
-    "lease_id", "cache_key", "profile", "vault_addr", "namespace", "mount", "role", "endpoint", "credential_type",
-    "access_key_id", "role_session_name", "role_arn", "renewable", "issued_at", "renewed_at", "expires_at", "state",
-    "revoked_at", "revoked_by", "revoke_error", "secret", "host", "os_user",
+    "lease_id",
+    "cache_key",
+    "profile",
+    "vault_addr",
+    "namespace",
+    "mount",
+    "role",
+    "endpoint",
+    "credential_type",
+    "access_key_id",
+    "role_session_name",
+    "role_arn",
+    "renewable",
+    "issued_at",
+    "renewed_at",
+    "expires_at",
+    "state",
+    "revoked_at",
+    "revoked_by",
+    "revoke_error",
+    "secret",
+    "host",
+    "os_user",
 )
 INSERT = f"INSERT INTO leases ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
@@ -24,7 +43,6 @@ def ensure_schema(db_path: str) -> None:
     """Create/migrate the ledger exactly as a broker command would."""
     from broker import db
 
-    os.environ.setdefault("BROKER_DB", db_path)
     db.open_engine(db_path).dispose()
 
 
@@ -49,17 +67,29 @@ def seed_leases(
     """Insert `n` lease rows and return n. expired=True puts every expiry in the past (spread over
     the last day); otherwise they end between now+lifetime/2 and now+lifetime. Revoked rows
     (state="revoked") get a revoked_at."""
-    ensure_schema(db_path)
     now = int(time.time()) if now is None else now
-    rows = _rows(n, expired=expired, credential_type=credential_type, state=state, mount=mount, role=role,
-                 profile=profile, namespace=namespace, vault_addr=vault_addr, tag=tag, now=now, lifetime=lifetime,
-                 secret=secret)
+    rows = _rows(
+        n,
+        expired=expired,
+        credential_type=credential_type,
+        state=state,
+        mount=mount,
+        role=role,
+        profile=profile,
+        namespace=namespace,
+        vault_addr=vault_addr,
+        tag=tag,
+        now=now,
+        lifetime=lifetime,
+        secret=secret,
+    )
     insert_rows(db_path, rows, batch=batch)
     return n
 
 
 def insert_rows(db_path: str, rows: Iterable[tuple], *, batch: int = 50_000) -> None:
     """executemany of ready tuples in COLUMNS order, committed every `batch` rows."""
+    ensure_schema(db_path)
     conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
     try:
         chunk: list[tuple] = []
@@ -78,11 +108,29 @@ def lease_row(**fields) -> tuple:
     """One row in COLUMNS order from keyword fields (sensible defaults for the rest)."""
     now = int(time.time())
     defaults = {
-        "lease_id": "", "cache_key": None, "profile": None, "vault_addr": "http://127.0.0.1:8200", "namespace": "",
-        "mount": "aws", "role": "ci", "endpoint": "creds", "credential_type": "iam_user", "access_key_id": "AKIA",
-        "role_session_name": None, "role_arn": None, "renewable": 1, "issued_at": now, "renewed_at": None,
-        "expires_at": now + 3600, "state": "active", "revoked_at": None, "revoked_by": None, "revoke_error": None,
-        "secret": None, "host": "seed-host", "os_user": "seed",
+        "lease_id": "",
+        "cache_key": None,
+        "profile": None,
+        "vault_addr": "http://127.0.0.1:8200",
+        "namespace": "",
+        "mount": "aws",
+        "role": "ci",
+        "endpoint": "creds",
+        "credential_type": "iam_user",
+        "access_key_id": "AKIA",
+        "role_session_name": None,
+        "role_arn": None,
+        "renewable": 1,
+        "issued_at": now,
+        "renewed_at": None,
+        "expires_at": now + 3600,
+        "state": "active",
+        "revoked_at": None,
+        "revoked_by": None,
+        "revoke_error": None,
+        "secret": None,
+        "host": "seed-host",
+        "os_user": "seed",
     }
     unknown = set(fields) - set(defaults)
     if unknown:
@@ -101,8 +149,22 @@ def _write(conn: sqlite3.Connection, chunk: list[tuple]) -> None:
         raise
 
 
-def _rows(n, *, expired, credential_type, state, mount, role, profile, namespace, vault_addr, tag, now, lifetime,
-          secret) -> Iterator[tuple]:
+def _rows(
+    n,
+    *,
+    expired,
+    credential_type,
+    state,
+    mount,
+    role,
+    profile,
+    namespace,
+    vault_addr,
+    tag,
+    now,
+    lifetime,
+    secret,
+) -> Iterator[tuple]:
     sts = credential_type != "iam_user"
     endpoint = "sts" if sts else "creds"
     for i in range(n):
@@ -112,9 +174,27 @@ def _rows(n, *, expired, credential_type, state, mount, role, profile, namespace
             expires_at = now + lifetime // 2 + (i * (lifetime // 2) // max(n, 1))
         issued_at = expires_at - lifetime
         yield (
-            f"{mount}/{endpoint}/{role}/{tag}{i:08d}", None, profile, vault_addr, namespace, mount, role, endpoint,
-            credential_type, f"AKIA{tag.upper()[:4]}{i:012d}"[:20],
-            f"broker-seed-{tag}-{i}" if credential_type == "assumed_role" else None, None,
-            0 if sts else 1, issued_at, None, expires_at, state, now - 10 if state == "revoked" else None,
-            "seed" if state == "revoked" else None, None, secret, "seed-host", "seed",
+            f"{mount}/{endpoint}/{role}/{tag}{i:08d}",
+            None,
+            profile,
+            vault_addr,
+            namespace,
+            mount,
+            role,
+            endpoint,
+            credential_type,
+            f"AKIA{tag.upper()[:4]}{i:012d}"[:20],
+            f"broker-seed-{tag}-{i}" if credential_type == "assumed_role" else None,
+            None,
+            0 if sts else 1,
+            issued_at,
+            None,
+            expires_at,
+            state,
+            now - 10 if state == "revoked" else None,
+            "seed" if state == "revoked" else None,
+            None,
+            secret,
+            "seed-host",
+            "seed",
         )
