@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -452,3 +453,72 @@ def test_revoke_leaves_expired_rows_alone(vault, cli):
     proc = cli(["revoke", "--all", "--yes"])
     assert proc.returncode == 0 and "nothing to revoke" in proc.stdout
     assert vault.revoke_calls == []
+
+
+# -- on a terminal: confirmation and progress -------------------------------------------------------------
+
+
+def _on_a_terminal(args, answer: bytes, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run broker with stdin and stderr on a pseudo-terminal, answer the prompt, collect the output."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "broker", *args],
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(master, answer)
+                answered = True
+            if child.poll() is not None and not ready:
+                break
+        out = child.stdout.read().decode()
+        code = child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        child.stdout.close()
+        os.close(master)
+    return code, out, seen.decode(errors="replace")
+
+
+def test_a_terminal_is_asked_and_no_means_nothing_happens(vault):
+    seed_leases(
+        os.environ["BROKER_DB"], 5, credential_type="assumed_role", role="deploy", vault_addr=vault.url
+    )
+    code, out, terminal = _on_a_terminal(["revoke", "--all"], b"n\n")
+    assert "Revoke 5 leases (all active leases: 5 assumed_role)? [y/N]" in terminal
+    assert code == 1 and "aborted" in terminal and out == ""
+    assert vault.revoke_calls == []
+    assert ledger("state = 'revoked'") == []
+
+
+def test_a_terminal_that_says_yes_gets_a_progress_bar(vault):
+    seed_leases(
+        os.environ["BROKER_DB"], 40, credential_type="assumed_role", role="deploy", vault_addr=vault.url
+    )
+    code, out, terminal = _on_a_terminal(["revoke", "--all"], b"y\n")
+    assert code == 0, terminal
+    assert "revoking" in terminal and "100%" in terminal
+    assert out.startswith("revoke (all active leases): 40 revoked")
+    assert len(ledger("state = 'revoked'")) == 40
