@@ -197,13 +197,15 @@ def issue_detached(app, request: IssueRequest, *, store_secret: bool) -> Credent
 
     sys.stdout.flush()
     sys.stderr.flush()
+    # No SQLite connection may cross fork(): POSIX locks are not inherited, but SQLite's memory of
+    # holding them is, and another process could then delete the WAL under the worker's feet.
+    app.engine.dispose()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(read_fd)
         try:
             os.setsid()
-            app.engine.dispose(close=False)  # never share the parent's SQLite connections
             credential = issue_and_record(app, request, store_secret=store_secret)
             payload = {"credential": _credential_dict(credential)}
         except BrokerError as exc:
