@@ -97,6 +97,19 @@ def credential_process(app: App, profile, mount, role, ttl, role_arn, role_sessi
     click.echo(credential.process_json())
 
 
+@cli.command(name="_issue", hidden=True)
+@pass_app
+def issue_worker(app: App) -> None:
+    """Internal: issue and record one credential described as JSON on stdin (see leases.issue_detached)."""
+    import json
+
+    from broker import leases
+
+    job = json.loads(sys.stdin.read())
+    request = leases.request_from_json(job["request"])
+    click.echo(leases.worker_answer(app, request, bool(job["store_secret"])))
+
+
 @cli.group()
 def profile() -> None:
     """Manage named profiles."""
