@@ -34,13 +34,13 @@ def integrity(db_path: str) -> str:
 def test_kill_during_issuance_loses_no_lease(vault):
     db_path = os.environ["BROKER_DB"]
     run_broker("profile", "add", "dev", "--mount", "aws", "--role", "deploy")
-    vault.latency = 0.05
+    vault.latency = 0.2
     rng = random.Random(20261126)
     for run in range(RUNS):
         proc = subprocess.Popen(broker_argv("credential-process", "--profile", "dev", "--no-cache"),
                                 env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 1.2))
         # every other run takes the whole process group, as a terminal's hang-up would
         if run % 2:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -66,6 +66,6 @@ def test_kill_during_issuance_loses_no_lease(vault):
     assert {i.lease_id for i in vault.issued} <= set(recorded)
     live = vault.live_leases()
     assert all(recorded[lease] == "active" for lease in live if lease in recorded)
-    assert len(vault.issued) >= RUNS // 3, "the kills came too early to test anything"
+    assert len(vault.issued) >= RUNS // 5, "the kills came too early to test anything"
     # and the next command works without manual repair
     assert credential("--profile", "dev")["AccessKeyId"] == vault.issued[-1].access_key
