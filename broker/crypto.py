@@ -1,13 +1,20 @@
 """Secrets at rest: AES-256-GCM with a key kept outside the database.
 
-The key comes from `BROKER_KEY` (base64 of 32 bytes), else the key file `<key dir>/key` (0600 in a
-0700 directory apart from the database; created on first use). A blob that no longer opens with the
-current key (the key was lost or replaced) reads as "no cached secret": the caller issues anew.
+Where the key lives, first match wins:
+1. `BROKER_KEY` (base64 of 32 bytes), for CI and containers;
+2. the key file `<key dir>/key` (0600, in a 0700 directory apart from the database);
+3. the OS keyring (`keyring` package, a real backend such as Secret Service or the macOS
+   Keychain), with a per-login copy in `$XDG_RUNTIME_DIR/broker/key` (tmpfs, 0600) so that a cache
+   hit never waits for the keyring;
+4. nothing yet: the first issuance creates the key, in the keyring when one is usable
+   (`BROKER_KEY_STORE=keyring|file` forces the choice), else in the key file.
+A blob that no longer opens with the current key (the key was lost or replaced) reads as "no cached
+secret": the caller issues anew.
 
 Imported on the cache-hit path: standard library at import, the cipher only when used.
 """
 
-import base64
+import binascii  # not base64: that module imports re, a few ms on every cache hit
 import os
 
 from broker import settings
@@ -41,7 +48,7 @@ def key_file() -> str:
 
 def _decode(text: str, where: str) -> bytes:
     try:
-        key = base64.b64decode(text.strip().encode("ascii"), altchars=b"-_", validate=False)
+        key = binascii.a2b_base64(text.strip().replace("-", "+").replace("_", "/").encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         key = b""
     if len(key) != KEY_BYTES:
@@ -49,23 +56,126 @@ def _decode(text: str, where: str) -> bytes:
     return key
 
 
-def load_key(create: bool = False) -> bytes | None:
-    """The current key, or None when there is none yet and `create` is false."""
+KEYRING_SERVICE = "broker"
+KEYRING_ACCOUNT = "cache-key"
+
+
+def runtime_copy() -> str | None:
+    """`$XDG_RUNTIME_DIR/broker/key`, when there is a private runtime directory (tmpfs, per login)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        return None
+    info = os.stat(base)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return os.path.join(base, "broker", "key")
+
+
+def _read(path: str | None, where: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as handle:
+            return _decode(handle.read(), where)
+    except FileNotFoundError:
+        return None
+
+
+def load_key(create: bool = False, allow_keyring: bool = True) -> bytes | None:
+    """The current key, or None when there is none (yet) and `create` is false. The cache-hit path
+    passes allow_keyring=False: it reads only the environment and files."""
     env = os.environ.get("BROKER_KEY")
     if env:
         return _decode(env, "BROKER_KEY")
     path = key_file()
-    try:
-        with open(path, encoding="ascii") as handle:
-            return _decode(handle.read(), f"key file {path}")
-    except FileNotFoundError:
-        if not create:
+    found = _read(path, f"key file {path}") or _read(runtime_copy(), "the runtime key copy")
+    if found or not allow_keyring:
+        return found
+    if key_store() == "keyring":
+        text = _keyring_get()
+        if text is None and create:
+            text = new_key_text()
+            _keyring_set(text)
+        if text is None:
             return None
-    return _create_key_file(path)
+        _write_private(runtime_copy(), text)
+        return _decode(text, "the keyring's broker key")
+    return _create_key_file(path) if create else None
+
+
+def key_store() -> str:
+    """Where a new key goes: 'keyring' when a real OS keyring backend is usable, else 'file'."""
+    chosen = os.environ.get("BROKER_KEY_STORE", "").strip().lower()
+    if chosen in ("keyring", "file"):
+        return chosen
+    try:
+        import keyring
+        from keyring.backends import chainer
+    except ImportError:
+        return "file"
+    backend = keyring.get_keyring()
+    backends = backend.backends if isinstance(backend, chainer.ChainerBackend) else [backend]
+    # priority >= 1: Secret Service, macOS Keychain, Windows; not the fail, null or plaintext ones
+    return "keyring" if any(getattr(b, "priority", 0) >= 1 for b in backends) else "file"
+
+
+def _keyring_get() -> str | None:
+    import keyring
+
+    try:
+        return keyring.get_password(KEYRING_SERVICE, KEYRING_ACCOUNT)
+    except Exception as exc:  # any backend failure: say which, never crash
+        raise KeyUnusable(f"the OS keyring failed ({type(exc).__name__}); set BROKER_KEY_STORE=file") from None
+
+
+def _keyring_set(text: str) -> None:
+    import keyring
+
+    try:
+        keyring.set_password(KEYRING_SERVICE, KEYRING_ACCOUNT, text)
+    except Exception as exc:
+        raise KeyUnusable(f"the OS keyring failed ({type(exc).__name__}); set BROKER_KEY_STORE=file") from None
+
+
+def _write_private(path: str | None, text: str) -> None:
+    """Write `text` to `path` (0600, parent 0700) atomically; no-op for no path."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    temp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text.strip() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def key_source() -> tuple[str, str | None]:
+    """(kind, where) of the key in use or to be created: BROKER_KEY, file, or keyring."""
+    if os.environ.get("BROKER_KEY"):
+        return "BROKER_KEY", None
+    if os.path.exists(key_file()):
+        return "file", key_file()
+    if key_store() == "keyring":
+        return "keyring", f"service {KEYRING_SERVICE!r}, account {KEYRING_ACCOUNT!r}"
+    return "file", key_file()
+
+
+def store_key(text: str) -> None:
+    """Make `text` the key, wherever the current one lives (key rotation)."""
+    kind, _where = key_source()
+    if kind == "BROKER_KEY":
+        raise KeyUnusable("the key comes from BROKER_KEY; set a new value there instead (cached secrets are discarded)")
+    if kind == "keyring":
+        _keyring_set(text)
+        _write_private(runtime_copy(), text)
+    else:
+        _write_private(key_file(), text)
 
 
 def new_key_text() -> str:
-    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+    return binascii.b2a_base64(os.urandom(KEY_BYTES), newline=False).decode("ascii")
 
 
 def _create_key_file(path: str) -> bytes:
@@ -87,19 +197,6 @@ def _create_key_file(path: str) -> bytes:
         os.unlink(temp)
     with open(path, encoding="ascii") as handle:
         return _decode(handle.read(), f"key file {path}")
-
-
-def write_key_file(text: str) -> None:
-    """Replace the key file atomically (key rotation)."""
-    path = key_file()
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(text.strip() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
 
 
 def seal(key: bytes, secret_key: str, session_token: str | None, aad: str) -> bytes:

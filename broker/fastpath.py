@@ -8,12 +8,18 @@ returns None and the full CLI takes over, with its validation and its error mess
 """
 
 import os
-import sqlite3
 import stat
 import sys
 import time
 
+try:  # the C module itself: `sqlite3` would also import datetime to register its adapters
+    import _sqlite3 as sqlite3
+except ImportError:  # pragma: no cover
+    import sqlite3
+
 from broker import cache, crypto, durations, settings
+
+LOCK_WAIT_SECONDS = 15.0  # as long as the full CLI would wait (leases.LOCK_WAIT_SECONDS)
 
 FLAG_FIELDS = {
     "--profile": "profile",
@@ -59,7 +65,13 @@ def _safe(info) -> bool:
 
 
 def serve(argv: list) -> int | None:
-    """Print a cached credential and return 0, or return None to hand over to the full CLI."""
+    """Print a cached credential and return 0, or return None to hand over to the full CLI.
+
+    On a miss this process waits for any issuance already in flight for the same request (the
+    lock leases.obtain takes), then looks again: fifty processes started together cost one
+    issuance and fifty cheap cache reads, not fifty full CLI start-ups. The process that gets the
+    lock first keeps it and hands it to the full CLI, which issues under it.
+    """
     options = parse(argv)
     if options is None:
         return None
@@ -69,24 +81,32 @@ def serve(argv: list) -> int | None:
         path = settings.db_path(options.get("db"))
         if not (_safe(os.stat(path)) and _safe(os.stat(os.path.dirname(path)))):
             return None
-        key = crypto.load_key(create=False)
-        if key is None:
-            return None
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:
-            answer = _lookup(conn, options, key)
+            key = _cache_key(conn, options)
+            if key is None:
+                return None
+            answer = _answer(conn, key)
+            if answer is None:
+                from broker import locks
+
+                lock = locks.lock_path(path, key)
+                fd = locks.acquire(lock, LOCK_WAIT_SECONDS, "issuance lock")
+                answer = _answer(conn, key)
+                if answer is None:
+                    locks.adopt(lock, fd)
+                    return None
+                os.close(fd)
         finally:
             conn.close()
-    except (OSError, ValueError, sqlite3.Error):
-        return None
-    if answer is None:
+    except Exception:  # anything odd: the full CLI redoes it properly and reports errors
         return None
     sys.stdout.write(answer + "\n")
     sys.stdout.flush()
     return 0
 
 
-def _lookup(conn, options: dict, key: bytes) -> str | None:
+def _cache_key(conn, options: dict) -> str | None:
     row = conn.execute(cache.SCHEMA_QUERY).fetchone()
     if row is None or row[0] != cache.SCHEMA_HEAD:
         return None
@@ -103,13 +123,19 @@ def _lookup(conn, options: dict, key: bytes) -> str | None:
     request = cache.merge_request(profile, options)
     if not request["mount"] or not request["role"]:
         return None
-    namespace = settings.vault_namespace(request["namespace"])
-    now = time.time()
-    hit = cache.find_hit(conn, cache.cache_key(settings.vault_addr(), namespace, request), now)
+    return cache.cache_key(settings.vault_addr(), settings.vault_namespace(request["namespace"]), request)
+
+
+def _answer(conn, key: str) -> str | None:
+    """The credential_process JSON for a servable cached credential, or None."""
+    hit = cache.find_hit(conn, key, time.time())
     if hit is None:
         return None
+    secret_key = crypto.load_key(create=False)
+    if secret_key is None:
+        return None
     _row_id, access_key_id, blob, _started, expires_at = hit
-    opened = crypto.unseal(key, blob, access_key_id)
+    opened = crypto.unseal(secret_key, blob, access_key_id)
     if opened is None:
         return None
     return cache.render_process_json(access_key_id, opened[0], opened[1], expires_at)

@@ -14,6 +14,10 @@ from broker.errors import LockTimeout
 
 POLL_SECONDS = 0.005
 
+# Locks this process already holds, handed from the cache-hit path to the full CLI (see
+# fastpath.serve): taking them again through a new descriptor would wait on ourselves.
+_adopted: dict[str, int] = {}
+
 
 def lock_path(db_path: str, name: str) -> str:
     """A lock file for `name` (any string) in `<db dir>/locks/`."""
@@ -27,24 +31,38 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def acquire(path: str, timeout: float, what: str = "lock") -> int:
+    """Take an exclusive lock on `path`, waiting at most `timeout` seconds; returns its descriptor
+    (close it to release)."""
+    fd = _open(path)
+    deadline = time.monotonic() + timeout
+    delay = POLL_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LockTimeout(
+                    f"timed out after {timeout:g}s waiting for the {what} held by another broker process"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+
+def adopt(path: str, fd: int) -> None:
+    """Record that this process holds the lock on `path` through `fd`; `hold` will use it."""
+    _adopted[path] = fd
+
+
 @contextlib.contextmanager
 def hold(path: str, timeout: float, what: str = "lock"):
     """Hold an exclusive lock on `path`, waiting at most `timeout` seconds for it."""
-    fd = _open(path)
+    fd = _adopted.pop(path, None)
+    if fd is None:
+        fd = acquire(path, timeout, what)
     try:
-        deadline = time.monotonic() + timeout
-        delay = POLL_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"timed out after {timeout:g}s waiting for the {what} held by another broker process"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.05)
         yield fd
     finally:
         os.close(fd)

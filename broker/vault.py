@@ -198,7 +198,10 @@ class Vault:
 
     def _parse_issued(self, response, header_namespace, request_path, credential_type, session_name, started) -> Issued:
         if not isinstance(response, dict):
-            raise VaultBadResponse(f"Vault at {self.addr} sent no credential for {request_path}")
+            raise VaultBadResponse(
+                f"{self.addr} answered {request_path} with something that is not Vault's JSON; "
+                f"is VAULT_ADDR a Vault server?"
+            )
         lease_id = str(response.get("lease_id") or "")
         namespace = namespace_of_lease(header_namespace, request_path, lease_id)
         data = response.get("data") if isinstance(response.get("data"), dict) else {}
@@ -340,7 +343,10 @@ class Vault:
             except hx.InvalidPath as exc:
                 raise VaultRejected(f"Vault has no {what} (404): {_vault_message(exc) or 'check the mount'}") from None
             except hx.VaultError as exc:
-                raise VaultError(f"Vault at {self.addr} failed {what}: {_vault_message(exc)}") from None
+                status = {"InternalServerError": " (500)", "VaultNotInitialized": " (501, not initialised)"}.get(
+                    type(exc).__name__, ""
+                )
+                raise VaultError(f"Vault at {self.addr} failed {what}{status}: {_vault_message(exc)}") from None
             if time.monotonic() + delay > deadline:
                 raise error
             log.info("%s; retrying in %.1fs", error, delay)

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Benchmarks for broker's speed targets (issue 4), against a local Vault double and moto.
+
+    python scripts/bench.py            # every scenario
+    python scripts/bench.py hit cold   # some of them
+
+Each figure is one line: the measured value, the target, and for process timings the ratio to
+`python -c pass` measured in the same run (medians). Nothing here is a test: machines are noisy,
+so timing lives here and behaviour assertions live in tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = 31
+
+
+def broker_command() -> list[str]:
+    """The installed console script next to this interpreter, as a user runs it."""
+    script = Path(sys.executable).with_name("broker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "broker"]
+
+
+def timed_run(argv: list[str], env: dict) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS KiB, exit code) of one child process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_maxrss, proc.returncode
+
+
+def medians(argv: list[str], env: dict, runs: int = RUNS) -> tuple[float, int]:
+    """Median wall time and peak RSS over `runs`, interleaving nothing else."""
+    walls, rss = [], []
+    for _ in range(runs):
+        wall, peak, code = timed_run(argv, env)
+        if code != 0:
+            raise SystemExit(f"benchmark command failed ({code}): {' '.join(argv)}")
+        walls.append(wall)
+        rss.append(peak)
+    return statistics.median(walls), int(statistics.median(rss))
+
+
+def line(name: str, value: str, target: str, ok: bool, detail: str = "") -> None:
+    print(f"{name:<38} {value:<26} target {target:<18} {'ok' if ok else 'MISSED'}  {detail}".rstrip(), flush=True)
+
+
+class Double:
+    """`python -m tests.vault_double` (Vault double + moto) as a separate process."""
+
+    def __init__(self, workdir: Path, latency_ms: int = 0):
+        self.ready = workdir / f"double-{latency_ms}.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.vault_double", "--ready-file", str(self.ready), "--latency-ms", str(latency_ms)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not self.ready.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("the Vault double did not start")
+            time.sleep(0.05)
+        self.info = json.loads(self.ready.read_text())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def environment(workdir: Path, double: Double, name: str) -> dict:
+    home = workdir / name
+    home.mkdir(mode=0o700, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "AWS_", "BROKER_"))}
+    env.update(
+        HOME=str(home), BROKER_DB=str(home / "data" / "broker.db"), XDG_CONFIG_HOME=str(home / "config"),
+        VAULT_ADDR=double.info["vault_addr"], VAULT_TOKEN=double.info["token"], PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def run_ok(argv: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[-4:])} failed: {result.stderr.strip()}")
+    return result
+
+
+def scenario_hit(workdir: Path, double: Double) -> None:
+    env = environment(workdir, double, "hit")
+    broker = broker_command()
+    run_ok(broker + ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"], env)
+    run_ok(broker + ["credential-process", "--profile", "dev"], env)  # warm the cache
+    python_wall, python_rss = medians([sys.executable, "-c", "pass"], env)
+    hit_wall, hit_rss = medians(broker + ["credential-process", "--profile", "dev"], env)
+    ratio = hit_wall / python_wall
+    line("cache hit vs python -c pass", f"{ratio:.2f}x", "<= 3.0x (4.0x enc)", ratio <= 3.0,
+         f"hit {hit_wall * 1000:.1f} ms, python {python_wall * 1000:.1f} ms, medians of {RUNS}")
+    line("cache hit peak RSS", f"{hit_rss / 1024:.1f} MiB", "<= 20 MiB", hit_rss <= 20 * 1024,
+         f"python -c pass {python_rss / 1024:.1f} MiB")
+    miss_walls = []
+    for _ in range(5):
+        wall, _rss, code = timed_run(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)
+        miss_walls.append(wall)
+    line("miss (--no-cache, Vault+STS on loopback)", f"{statistics.median(miss_walls) * 1000:.0f} ms", "-", True,
+         "median of 5")
+
+
+def scenario_cold(workdir: Path, double: Double, processes: int = 50) -> None:
+    env = environment(workdir, double, "cold")
+    broker = broker_command()
+    run_ok(broker + ["profile", "add", "cold", "--mount", "aws", "--role", "deploy"], env)
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(broker + ["credential-process", "--profile", "cold"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    outputs, failures = set(), 0
+    for proc in procs:
+        out, _err = proc.communicate(timeout=60)
+        failures += proc.returncode != 0
+        outputs.add(out)
+    wall = time.perf_counter() - started
+    conn = sqlite3.connect(env["BROKER_DB"])
+    issued = conn.execute("SELECT count(*) FROM leases WHERE profile = 'cold'").fetchone()[0]
+    conn.close()
+    ok = issued == 1 and failures == 0 and len(outputs) == 1 and wall <= 2.0
+    line(f"cold single flight, {processes} processes", f"{wall:.2f} s", "<= 2 s, 1 issue", ok,
+         f"{issued} issuance(s), {failures} failure(s), {len(outputs)} distinct answer(s)")
+
+
+SCENARIOS = {"hit": scenario_hit, "cold": scenario_cold}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
+    args = parser.parse_args()
+    chosen = args.scenarios or list(SCENARIOS)
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    print(f"# broker benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{' '.join(broker_command())}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    doubles: dict[int, Double] = {}
+    try:
+        for name in chosen:
+            latency = 20 if name in ("revoke",) else 0
+            if latency not in doubles:
+                doubles[latency] = Double(workdir, latency)
+            SCENARIOS[name](workdir, doubles[latency])
+    finally:
+        for double in doubles.values():
+            double.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

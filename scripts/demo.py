@@ -1,0 +1,95 @@
+"""The demo behind scripts/demo: everything in a throw-away HOME, nothing touches your own files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER = str(Path(sys.executable).with_name("broker"))
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def sh(*argv: str, env: dict) -> str:
+    print("$ " + " ".join(a if " " not in a else repr(a) for a in argv), flush=True)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if result.stdout:
+        print(result.stdout.rstrip())
+    if result.stderr:
+        print(result.stderr.rstrip(), file=sys.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: {argv[1] if len(argv) > 1 else argv[0]} failed with exit code {result.returncode}")
+    return result.stdout
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="broker-demo-"))
+    ready = work / "double.json"
+    step("starting the Vault double and moto on 127.0.0.1")
+    double = subprocess.Popen(
+        [sys.executable, "-m", "tests.vault_double", "--ready-file", str(ready)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if time.monotonic() > deadline or double.poll() is not None:
+                raise SystemExit("demo: the Vault double did not start")
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        print(f"Vault double at {info['vault_addr']}, moto at {info['aws_endpoint']}")
+        home = work / "home"
+        home.mkdir(mode=0o700)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VAULT_", "BROKER_"))}
+        env.update(
+            HOME=str(home), XDG_DATA_HOME=str(home / ".local/share"), XDG_CONFIG_HOME=str(home / ".config"),
+            AWS_CONFIG_FILE=str(home / ".aws/config"), AWS_SHARED_CREDENTIALS_FILE=str(home / ".aws/credentials"),
+            VAULT_ADDR=info["vault_addr"], VAULT_TOKEN=info["token"], AWS_ENDPOINT_URL=info["aws_endpoint"],
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        step("adding a profile for the Vault role aws/deploy (assumed_role)")
+        sh(BROKER, "profile", "add", "deploy", "--mount", "aws", "--role", "deploy", "--ttl", "1h",
+           "--region", "us-east-1", env=env)
+        config = home / ".aws" / "config"
+        config.parent.mkdir(mode=0o700, exist_ok=True)
+        config.write_text(f"[profile deploy]\ncredential_process = {BROKER} credential-process --profile deploy\n"
+                          "region = us-east-1\n")
+        print(f"{config}:\n{config.read_text()}")
+        step("boto3 reads the profile: three clients, one Vault issuance (the rest are cache hits)")
+        probe = (
+            "import boto3\n"
+            "for i in range(3):\n"
+            "    s = boto3.Session(profile_name='deploy')\n"
+            "    print('caller:', s.client('sts').get_caller_identity()['Arn'])\n"
+            "s.client('s3').create_bucket(Bucket='broker-demo')\n"
+            "print('buckets:', [b['Name'] for b in s.client('s3').list_buckets()['Buckets']])\n"
+        )
+        sh(sys.executable, "-c", probe, env=env)
+        step("the ledger: every lease Vault issued to this machine")
+        commands = sh(BROKER, "--help", env=env)
+        if " leases " in commands:
+            sh(BROKER, "leases", env=env)
+        else:
+            sh(sys.executable, "-c", "import sqlite3,os;c=sqlite3.connect(os.environ['XDG_DATA_HOME']+'/broker/broker.db');"
+               "[print(r) for r in c.execute('select lease_id, profile, credential_type, access_key_id, "
+               "role_session_name, state from leases')]", env=env)
+        print("\ndemo: done")
+    finally:
+        double.send_signal(signal.SIGTERM)
+        try:
+            double.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            double.kill()
+
+
+if __name__ == "__main__":
+    main()
