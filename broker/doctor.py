@@ -7,7 +7,6 @@ read). A failed check does not stop the others.
 
 from __future__ import annotations
 
-import base64
 import os
 import sqlite3
 import stat
@@ -161,33 +160,38 @@ def _revision_check(revision: str) -> Check:
 
 
 def _check_key(checks: list[Check]) -> None:
-    if os.environ.get("BROKER_KEY"):
-        try:
-            crypto.load_key(create=False)
-        except crypto.KeyUnusable as exc:
-            checks.append(Check(FAIL, f"encryption key: {exc}"))
-            return
-        checks.append(Check(OK, "encryption key: from BROKER_KEY"))
-        return
-    path = crypto.key_file()
+    """Where the key for cached secrets is, and that it is usable; never creates one."""
+    try:
+        kind, where = crypto.key_source()
+        if kind == "BROKER_KEY":
+            crypto.load_key(create=False, allow_keyring=False)
+            checks.append(Check(OK, "encryption key: from BROKER_KEY"))
+        elif kind == "keyring":
+            found = crypto.load_key(create=False)
+            if found is None:
+                checks.append(Check(WARN, f"encryption key: none in the OS keyring ({where}) yet; created at the first issuance"))
+            else:
+                checks.append(Check(OK, f"encryption key: in the OS keyring ({where})"))
+        else:
+            _check_key_file(where or crypto.key_file(), checks)
+    except (crypto.KeyUnusable, OSError) as exc:
+        checks.append(Check(FAIL, f"encryption key: {getattr(exc, 'strerror', None) or exc}"))
+
+
+def _check_key_file(path: str, checks: list[Check]) -> None:
     if not os.path.exists(path):
         checks.append(Check(WARN, f"encryption key: {path} does not exist yet (created at the first issuance)"))
         return
     info = os.stat(path)
-    problems = [p for p in (_mode_problem(path, info, 0o600), _mode_problem(os.path.dirname(path), os.stat(os.path.dirname(path)), 0o700)) if p]
+    directory = os.path.dirname(path)
+    problems = [p for p in (_mode_problem(path, info, 0o600), _mode_problem(directory, os.stat(directory), 0o700)) if p]
     if info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
         problems.append(f"{path} is readable by group or others; fix: chmod 600 {path}")
     if problems:
         checks.append(Check(FAIL, f"encryption key: {'; '.join(problems)}"))
         return
-    try:
-        with open(path, encoding="ascii") as handle:
-            raw = base64.b64decode(handle.read().strip().encode("ascii"), altchars=b"-_")
-    except (OSError, ValueError) as exc:
-        checks.append(Check(FAIL, f"encryption key: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"))
-        return
-    if len(raw) != crypto.KEY_BYTES:
-        checks.append(Check(FAIL, f"encryption key: {path} is not base64 of {crypto.KEY_BYTES} bytes"))
+    if crypto.load_key(create=False, allow_keyring=False) is None:
+        checks.append(Check(FAIL, f"encryption key: cannot read {path}"))
         return
     checks.append(Check(OK, f"encryption key: {path} (mode {stat.S_IMODE(info.st_mode):04o})"))
 
