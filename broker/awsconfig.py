@@ -246,13 +246,19 @@ def write_profile(profile: str, region: str | None, db_path: str | None = None) 
     values = {"credential_process": credential_process_value(profile, db_path)}
     if region:
         values["region"] = region
-    return _edit(profile, lambda text: (set_keys(text, profile, values), None), db_path)
+    try:
+        return _edit(profile, lambda text: (set_keys(text, profile, values), None), db_path)
+    except BrokerError as exc:
+        raise type(exc)(f"{exc} (profile {profile} itself is saved; run the same command again once fixed)") from None
 
 
 def remove_profile(profile: str, db_path: str | None = None) -> Change:
     """Undo write_profile: remove broker's credential_process (and the section if only that and a
     region were in it). Leaves a section that runs something else alone."""
-    return _edit(profile, lambda text: unset_broker(text, profile), db_path, create=False)
+    try:
+        return _edit(profile, lambda text: unset_broker(text, profile), db_path, create=False)
+    except BrokerError as exc:
+        raise type(exc)(f"{exc} (profile {profile} itself is removed; delete [{section_name(profile)}] by hand)") from None
 
 
 def _edit(profile: str, change, db_path: str | None, *, create: bool = True) -> Change:

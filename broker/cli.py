@@ -123,11 +123,14 @@ def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, c
     )
     with app.transaction() as session:
         created = profiles.add(session, spec)
-    click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    change = None
     if write_aws_config:
         from broker import awsconfig
 
-        click.echo(awsconfig.write_profile(name, spec.region, app.db_path).describe(name), err=True)
+        change = awsconfig.write_profile(name, spec.region, app.db_path)
+    click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    if change:
+        click.echo(change.describe(name), err=True)
 
 
 PROFILE_COLUMNS = ["name", "mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type", "region"]
@@ -159,12 +162,12 @@ def profile_remove(app: App, name: str) -> None:
     `profile add --write-aws-config` wrote, if it is still broker's."""
     from broker import profiles
 
-    with app.transaction() as session:
-        profiles.remove(session, name)
-    click.echo(f"removed profile {name}", err=True)
     from broker import awsconfig
 
+    with app.transaction() as session:
+        profiles.remove(session, name)
     change = awsconfig.remove_profile(name, app.db_path)
+    click.echo(f"removed profile {name}", err=True)
     if change.action == "removed":
         click.echo(change.describe(name), err=True)
 
