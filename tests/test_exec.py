@@ -96,13 +96,18 @@ def test_exec_sets_the_environment_and_returns_the_exit_status(vault, aws_env):
     assert ":assumed-role/" in sts.get_caller_identity()["Arn"]
 
 
-def test_exec_without_a_region_leaves_the_inherited_one(vault, aws_env):
+def test_iam_user_keys_in_both_modes(vault, aws_env):
     add_profile("ci", "--mount", "aws", "--role", "ci", "--credential-type", "iam_user")
     result = broker("exec", "ci", "--", sys.executable, "-c", DUMP_ENV)
     env = json.loads(result.stdout)
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"  # from aws_env, untouched
     assert "AWS_SESSION_TOKEN" not in env  # iam_user keys have none
     assert env["AWS_ACCESS_KEY_ID"].startswith("AKIA")
+    # through the endpoint too: keys without a session token come with an empty Token
+    served = broker("exec", "ci", "--server", "--", sys.executable, "-c",
+                    "import boto3; print(boto3.session.Session().client('sts').get_caller_identity()['Arn'])")
+    assert served.returncode == 0, served.stderr
+    assert ":user/" in served.stdout
 
 
 def test_exec_refuses_to_nest_unless_forced(vault, aws_env):

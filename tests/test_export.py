@@ -84,3 +84,12 @@ def test_render_export_quotes_for_the_shell():
 )
 def test_export_bad_input_is_one_line(args, code, words):
     assert_one_line_error(broker(*args), code=code, contains=words)
+
+
+def test_shell_completion_knows_the_new_commands():
+    """Click's completion (documented in the README): `_BROKER_COMPLETE=bash_source broker`."""
+    words = run_broker(env={"_BROKER_COMPLETE": "bash_complete", "COMP_WORDS": "broker ex", "COMP_CWORD": "1"})
+    assert words.stdout.split() == ["plain,exec", "plain,export"]
+    formats = run_broker(env={"_BROKER_COMPLETE": "bash_complete", "COMP_WORDS": "broker export dev --format ",
+                              "COMP_CWORD": "4"})
+    assert formats.stdout.split() == ["plain,env", "plain,json", "plain,ini"]
