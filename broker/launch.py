@@ -69,11 +69,12 @@ def exec_with_server(app, profile: str, command: list[str], *, force: bool) -> i
     request, _first = prepare(app, profile, force=force)
     with CredentialServer(app, request) as server:
         env = execenv.child_env(os.environ, profile, region=request.region, endpoint=server.endpoint)
-        try:
-            child = subprocess.Popen(command, env=env)
-        except OSError as exc:
-            raise _exec_error(command[0], exc) from None
-        with _forwarding(child):
+        with _Forwarding() as forwarding:  # before the child exists: no signal slips through
+            try:
+                child = subprocess.Popen(command, env=env)
+            except OSError as exc:
+                raise _exec_error(command[0], exc) from None
+            forwarding.attach(child)
             returncode = child.wait()
         log.info("%s exited with %s after %d credential requests", command[0], returncode, server.served)
     return exit_like(returncode)
@@ -135,24 +136,40 @@ def terminal_delivers_to_child() -> bool:
     return False
 
 
-class _forwarding:
-    """While active, signals to broker go to the child (see FORWARDED_SIGNALS / TERMINAL_SIGNALS)."""
+class _Forwarding:
+    """While active, signals to broker go to the child (see FORWARDED_SIGNALS / TERMINAL_SIGNALS).
+    Handlers are Python functions, never SIG_IGN, because an ignored signal stays ignored in a child
+    across exec; one that arrives before the child exists is delivered as soon as it does."""
 
-    def __init__(self, child: subprocess.Popen):
-        self.child = child
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.pending: list[int] = []
         self.previous: dict = {}
 
     def _forward(self, signum, _frame) -> None:
-        if self.child.poll() is None:
+        if self.child is None:
+            self.pending.append(signum)
+        elif self.child.poll() is None:
             try:
                 self.child.send_signal(signum)
             except ProcessLookupError:
                 pass
 
-    def __enter__(self):
+    def _ignore(self, signum, _frame) -> None:
+        """The terminal signals the child itself (same foreground group); only before the child
+        exists does broker pass it on."""
+        if self.child is None:
+            self.pending.append(signum)
+
+    def attach(self, child: subprocess.Popen) -> None:
+        self.child = child
+        while self.pending:
+            self._forward(self.pending.pop(0), None)
+
+    def __enter__(self) -> _Forwarding:
         terminal = terminal_delivers_to_child()
         for sig in FORWARDED_SIGNALS + TERMINAL_SIGNALS:
-            handler = signal.SIG_IGN if (sig in TERMINAL_SIGNALS and terminal) else self._forward
+            handler = self._ignore if (sig in TERMINAL_SIGNALS and terminal) else self._forward
             self.previous[sig] = signal.signal(sig, handler)
         return self
 
