@@ -141,13 +141,13 @@ def test_exec_command_not_found(vault, aws_env):
 
 # -- signals and exit status ------------------------------------------------------------------------
 
-TRAP_TERM = textwrap.dedent("""
+TRAP = textwrap.dedent("""
     import pathlib, signal, sys, time
-    out = pathlib.Path(sys.argv[1])
-    def on_term(signum, frame):
-        (out / "got-term").write_text(str(signum))
+    out, signum = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+    def on_signal(got, frame):
+        (out / "got").write_text(str(got))
         sys.exit(42)
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signum, on_signal)
     (out / "ready").write_text("")
     for _ in range(300):
         time.sleep(0.1)
@@ -155,20 +155,25 @@ TRAP_TERM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", [[], ["--server"]], ids=["env", "server"])
-def test_sigterm_to_broker_exec_reaches_the_child(vault, aws_env, tmp_path, mode):
+@pytest.mark.parametrize(
+    "mode, sig",
+    [([], signal.SIGTERM), (["--server"], signal.SIGTERM), (["--server"], signal.SIGINT)],
+    ids=["env-SIGTERM", "server-SIGTERM", "server-SIGINT-not-from-a-terminal"],
+)
+def test_signals_to_broker_exec_reach_the_child(vault, aws_env, tmp_path, mode, sig):
     add_profile("dev", "--mount", "aws", "--role", "deploy")
     proc = subprocess.Popen([sys.executable, "-m", "broker", "exec", "dev", *mode, "--", sys.executable, "-c",
-                             TRAP_TERM, str(tmp_path)], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             TRAP, str(tmp_path), str(int(sig))], env=child_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_file(tmp_path / "ready")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
-    assert (tmp_path / "got-term").read_text() == str(int(signal.SIGTERM))
+    assert (tmp_path / "got").read_text() == str(int(sig))
     assert proc.returncode == 42  # the child's status, through broker
 
 
@@ -244,3 +249,44 @@ def test_env_mode_fails_once_the_credential_expires(short_profile, aws_env):
     assert report["ok"] >= 1 and len(set(report["keys"])) == 1
     assert "refreshed credentials are still expired" in report["error"]
     assert report["failed_at"] >= report["first_expiry"]
+
+
+COUNT_SIGINT = textwrap.dedent("""
+    import pathlib, signal, sys, time
+    out = pathlib.Path(sys.argv[1])
+    seen = []
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(time.monotonic()))
+    (out / "ready").write_text("")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (seen and time.monotonic() - seen[0] > 0.5):
+        time.sleep(0.02)
+    sys.exit(len(seen))
+""")
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_child_once(vault, aws_env, tmp_path):
+    """The terminal signals the whole foreground group, child included: broker must not add a
+    second SIGINT (a second Ctrl-C makes Terraform abandon its run)."""
+    import fcntl
+    import termios
+
+    add_profile("dev", "--mount", "aws", "--role", "deploy")
+    controller, terminal = os.openpty()
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "broker", "exec", "dev", "--server", "--", sys.executable, "-c",
+                             COUNT_SIGINT, str(tmp_path)], env=child_env(), stdin=terminal, stdout=terminal,
+                            stderr=terminal, preexec_fn=own_terminal)
+    os.close(terminal)
+    try:
+        wait_for_file(tmp_path / "ready")
+        os.write(controller, b"\x03")  # Ctrl-C
+        assert proc.wait(timeout=15) == 1  # the child's exit status: one SIGINT seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        os.close(controller)
