@@ -69,3 +69,61 @@ def test_kill_during_issuance_loses_no_lease(vault):
     assert len(vault.issued) >= RUNS // 5, "the kills came too early to test anything"
     # and the next command works without manual repair
     assert credential("--profile", "dev")["AccessKeyId"] == vault.issued[-1].access_key
+
+
+def _kill_at_random(args: list[str], rng: random.Random, latest: float) -> None:
+    proc = subprocess.Popen(broker_argv(*args), env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.2, latest))
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def _track_real_leases(vault, db_path: str, count: int) -> None:
+    """`count` real leases from the double, recorded as broker records them (fast: no CLI start-ups)."""
+    import hvac
+
+    from tests.ledger_seed import insert_rows, lease_row
+
+    client = hvac.Client(url=vault.url, token=vault.root_token)
+    now = int(time.time())
+    rows = []
+    for _ in range(count):
+        response = client.secrets.aws.generate_credentials(name="deploy", endpoint="sts", mount_point="aws")
+        rows.append(lease_row(lease_id=response["lease_id"], credential_type="assumed_role", role="deploy",
+                              endpoint="sts", vault_addr=vault.url, issued_at=now, expires_at=now + 3600,
+                              access_key_id=response["data"]["access_key"]))
+    insert_rows(db_path, rows)
+
+
+def test_kill_during_revoke_never_contradicts_vault(vault):
+    db_path = os.environ["BROKER_DB"]
+    vault.latency = 0.02
+    rng = random.Random(7)
+    for _run in range(10):
+        _track_real_leases(vault, db_path, 30)
+        _kill_at_random(["revoke", "--role", "deploy", "--yes"], rng, 1.0)
+        assert integrity(db_path) == "ok"
+        live = vault.live_leases()
+        states = ledger(db_path)
+        assert not [lease for lease, state in states.items() if state == "revoked" and lease in live]
+    rerun = run_broker("revoke", "--role", "deploy", "--yes")
+    assert rerun.returncode == 0, rerun.stderr
+    states = ledger(db_path)
+    assert set(states.values()) == {"revoked"}
+    assert not set(states) & vault.live_leases()
+
+
+def test_kill_during_prune_keeps_the_ledger_whole(vault):
+    from tests.ledger_seed import seed_leases
+
+    db_path = os.environ["BROKER_DB"]
+    keep = credential("--mount", "aws", "--role", "deploy")
+    rng = random.Random(11)
+    for run in range(10):
+        seed_leases(db_path, 30_000, expired=True, tag=f"r{run}-")
+        _kill_at_random(["prune"], rng, 1.0)
+        assert integrity(db_path) == "ok"
+        assert credential("--mount", "aws", "--role", "deploy") == keep
+    assert run_broker("prune").returncode == 0
+    assert list(ledger(db_path)) == [vault.issued[-1].lease_id]
