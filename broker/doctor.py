@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 from dataclasses import dataclass
 
 from broker import cache, crypto, durations, settings
@@ -17,6 +18,7 @@ from broker.errors import BrokerError, VaultDenied, VaultRejected
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SHORT_TOKEN_SECONDS = 600
+STALE_INTENT_SECONDS = 120  # an issuance takes seconds; an intent this old lost its worker
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,44 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
             checks.append(_revision_check(revision))
             return None
         checks.append(Check(OK, f"database schema: revision {revision} (current)"))
+        checks.append(_interrupted_issuances(conn))
         return conn.execute("SELECT name, mount, role, namespace, credential_type FROM profiles ORDER BY name").fetchall()
     except sqlite3.DatabaseError as exc:
         checks.append(Check(FAIL, f"database schema: cannot read {path}: {exc}"))
         return None
     finally:
         conn.close()
+
+
+def _interrupted_issuances(conn) -> Check:
+    """Intent rows whose worker died before recording: Vault may hold a lease the ledger lacks."""
+    rows = conn.execute(
+        "SELECT namespace, mount, endpoint, role, role_session_name, started_at, pid, host FROM intents "
+        "WHERE started_at < ? ORDER BY started_at",
+        (int(time.time()) - STALE_INTENT_SECONDS,),
+    ).fetchall()
+    here = settings.host_name()
+    stale = [r for r in rows if r[7] != here or not _pid_alive(r[6])]
+    if not stale:
+        return Check(OK, "interrupted issuances: none")
+    namespace, mount, endpoint, role, session_name, started_at, _pid, _host = stale[0]
+    path = "/".join(p for p in (namespace, mount, endpoint, role) if p)
+    session = f", session {session_name}" if session_name else ""
+    return Check(
+        WARN,
+        f"interrupted issuances: {len(stale)}, first {path} at {cache.iso_utc(started_at)}{session}; Vault may hold "
+        f"leases this ledger lacks: list them with `vault list sys/leases/lookup/{mount}/{endpoint}/{role}` (sudo)",
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _revision_check(revision: str) -> Check:

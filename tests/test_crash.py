@@ -127,3 +127,19 @@ def test_kill_during_prune_keeps_the_ledger_whole(vault):
         assert credential("--mount", "aws", "--role", "deploy") == keep
     assert run_broker("prune").returncode == 0
     assert list(ledger(db_path)) == [vault.issued[-1].lease_id]
+
+
+def test_doctor_reports_an_interrupted_issuance():
+    db_path = os.environ["BROKER_DB"]
+    run_broker("profile", "list")
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO intents (profile, vault_addr, namespace, mount, role, endpoint, role_session_name, started_at,"
+        " pid, host) VALUES (NULL, 'http://v', '', 'aws', 'deploy', 'sts', 'broker-x-1', ?, 999999, ?)",
+        (int(time.time()) - 600, __import__("socket").gethostname()),
+    )
+    conn.commit()
+    conn.close()
+    result = run_broker("doctor")
+    assert "interrupted issuances: 1, first aws/sts/deploy" in result.stdout
+    assert "session broker-x-1" in result.stdout
