@@ -101,6 +101,19 @@ def credential_process(app: App, profile, mount, role, ttl, role_arn, role_sessi
         fleet.spawn_background_sync(app)
 
 
+@cli.command(name="_issue", hidden=True)
+@pass_app
+def issue_worker(app: App) -> None:
+    """Internal: issue and record one credential described as JSON on stdin (see leases.issue_detached)."""
+    import json
+
+    from broker import leases
+
+    job = json.loads(sys.stdin.read())
+    request = leases.request_from_json(job["request"])
+    click.echo(leases.worker_answer(app, request, bool(job["store_secret"])))
+
+
 @cli.group()
 def profile() -> None:
     """Manage named profiles."""
@@ -113,8 +126,11 @@ def profile() -> None:
 @request_options
 @click.option("--region", help="AWS region for this profile (used by exec and the AWS config).")
 @click.option("--namespace", help="Vault namespace (overrides VAULT_NAMESPACE).")
+@click.option("--write-aws-config", is_flag=True,
+              help="Also write [profile NAME] with credential_process (and region) to AWS_CONFIG_FILE or ~/.aws/config.")
 @pass_app
-def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, credential_type, region, namespace):
+def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, credential_type, region, namespace,
+                write_aws_config):
     """Add or replace the profile NAME."""
     from broker import profiles
 
@@ -124,7 +140,14 @@ def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, c
     )
     with app.transaction() as session:
         created = profiles.add(session, spec)
+    change = None
+    if write_aws_config:
+        from broker import awsconfig
+
+        change = awsconfig.write_profile(name, spec.region, app.db_path)
     click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    if change:
+        click.echo(change.describe(name), err=True)
 
 
 PROFILE_COLUMNS = ["name", "mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type", "region"]
@@ -152,12 +175,18 @@ def profile_list(app: App, fmt: str) -> None:
 @click.argument("name")
 @pass_app
 def profile_remove(app: App, name: str) -> None:
-    """Remove the profile NAME (its leases stay in the ledger)."""
+    """Remove the profile NAME (its leases stay in the ledger), and the [profile NAME] section
+    `profile add --write-aws-config` wrote, if it is still broker's."""
     from broker import profiles
+
+    from broker import awsconfig
 
     with app.transaction() as session:
         profiles.remove(session, name)
+    change = awsconfig.remove_profile(name, app.db_path)
     click.echo(f"removed profile {name}", err=True)
+    if change.action == "removed":
+        click.echo(change.describe(name), err=True)
 
 
 # Commands of the other areas register themselves on `cli` when imported.

@@ -177,8 +177,13 @@ def renew_cached(app, request: IssueRequest) -> Credential | None:
         log.info("renewal of %s refused (%s); issuing a new credential", row.lease_id, exc)
         return None
     expires_at = now + duration
-    if not cache.reusable(now, expires_at, now):
+    # Capped by the max TTL: shorter than its last term and inside botocore's refresh window.
+    lifetime = row.expires_at - (row.renewed_at or row.issued_at)
+    if duration < min(cache.REFRESH_WINDOW, lifetime) or not cache.reusable(now, expires_at, now):
         log.info("renewal of %s capped at %ss by its max TTL; issuing a new credential", row.lease_id, duration)
+        with app.transaction() as session:  # the ledger keeps Vault's real end; renewed_at stays, so no hit
+            session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at))
+            enqueue_for_fleet(app, session, row.id)
         return None
     with app.transaction() as session:
         session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at, renewed_at=now))
@@ -191,36 +196,74 @@ def renew_cached(app, request: IssueRequest) -> Credential | None:
 
 
 def issue_detached(app, request: IssueRequest, *, store_secret: bool) -> Credential:
-    """Run issue_and_record in a forked child in its own session and wait for its answer. If this
-    process is killed meanwhile, the child still records (or revokes) the lease."""
-    import sys
+    """Run issue_and_record in a worker in its own session and wait for its answer. If this
+    process is killed meanwhile, the worker still records (or revokes) the lease.
 
+    A single-threaded caller forks (cheap: everything is imported already). A multi-threaded one
+    (the credential server) starts a fresh `broker _issue` process instead: fork() copies only the
+    calling thread, and with it whatever locks and SQLite state the other threads were holding.
+    """
+    import sys
+    import threading
+
+    if threading.active_count() > 1:
+        return _issue_in_subprocess(app, request, store_secret)
     sys.stdout.flush()
     sys.stderr.flush()
+    # No SQLite connection may cross fork(): POSIX locks are not inherited, but SQLite's memory of
+    # holding them is, and another process could then delete the WAL under the worker's feet.
+    app.engine.dispose()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(read_fd)
         try:
             os.setsid()
-            app.engine.dispose(close=False)  # never share the parent's SQLite connections
-            credential = issue_and_record(app, request, store_secret=store_secret)
-            payload = {"credential": _credential_dict(credential)}
-        except BrokerError as exc:
-            payload = {"error": type(exc).__name__, "message": str(exc)}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent as an internal error
-            payload = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
-        try:
+            text = worker_answer(app, request, store_secret)
             with os.fdopen(write_fd, "w") as pipe:
-                pipe.write(json.dumps(payload))
-        except OSError:
-            pass  # the caller is gone; the ledger already holds the outcome
+                pipe.write(text)
+        except BaseException:  # noqa: BLE001 - the caller is gone; the ledger already holds the outcome
+            pass
         os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         text = pipe.read()
     os.waitpid(pid, 0)
     return _from_worker(text)
+
+
+def worker_answer(app, request: IssueRequest, store_secret: bool) -> str:
+    """Issue and record; the outcome as the JSON the caller decodes with _from_worker."""
+    try:
+        credential = issue_and_record(app, request, store_secret=store_secret)
+        payload = {"credential": _credential_dict(credential)}
+    except BrokerError as exc:
+        payload = {"error": type(exc).__name__, "message": str(exc)}
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller as an internal error
+        payload = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+    return json.dumps(payload)
+
+
+def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Credential:
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    env = dict(os.environ)
+    if app.ledger_url:
+        env["BROKER_LEDGER_URL"] = app.ledger_url  # by environment, never on a command line
+    job = json.dumps({"request": asdict(request), "store_secret": store_secret})
+    worker = subprocess.run(
+        [sys.executable, "-m", "broker", "--db", app.db_path, "_issue"], input=job, capture_output=True,
+        text=True, env=env, start_new_session=True, check=False,
+    )
+    if worker.stderr:
+        sys.stderr.write(worker.stderr)
+    return _from_worker(worker.stdout)
+
+
+def request_from_json(data: dict) -> IssueRequest:
+    return IssueRequest(**data)
 
 
 def _credential_dict(credential: Credential) -> dict:

@@ -11,13 +11,19 @@ from collections.abc import Iterable
 FORMATS = ("table", "json", "csv")
 
 
-def render(rows: Iterable[dict], fmt: str, columns: list[str], *, headers: dict | None = None, out=None) -> int:
-    """Write `rows` (only the `columns` keys) in `fmt`; returns how many rows were written."""
+def render(
+    rows: Iterable[dict], fmt: str, columns: list[str], *, headers: dict | None = None, out=None,
+    widths: dict | None = None,
+) -> int:
+    """Write `rows` (only the `columns` keys) in `fmt`; returns how many rows were written.
+    A table given `widths` (column -> characters, known beforehand) streams too."""
     out = out or sys.stdout
     if fmt == "json":
         return _json(rows, columns, out)
     if fmt == "csv":
         return _csv(rows, columns, out)
+    if widths is not None:
+        return _fixed_table(rows, columns, headers or {}, widths, out)
     return _table(rows, columns, headers or {}, out)
 
 
@@ -58,3 +64,18 @@ def _table(rows, columns, headers, out) -> int:
         return 0
     out.write(tabulate(body, headers=[headers.get(c, c) for c in columns], tablefmt="simple") + "\n")
     return len(body)
+
+
+def _fixed_table(rows, columns, headers, widths, out) -> int:
+    """tabulate's "simple" layout, row by row, with column widths decided before the first row."""
+    names = [headers.get(c, c) for c in columns]
+    sizes = [max(len(name), int(widths.get(c, 0))) for c, name in zip(columns, names, strict=True)]
+    count = 0
+    for row in rows:
+        if not count:
+            out.write("  ".join(n.ljust(w) for n, w in zip(names, sizes, strict=True)).rstrip() + "\n")
+            out.write("  ".join("-" * w for w in sizes) + "\n")
+        cells = ["-" if row.get(c) in (None, "") else str(row.get(c)) for c in columns]
+        out.write("  ".join(v.ljust(w) for v, w in zip(cells, sizes, strict=True)).rstrip() + "\n")
+        count += 1
+    return count

@@ -268,6 +268,29 @@ class Vault:
             raise VaultBadResponse(f"Vault's renewal of {lease_id} carried no lease_duration")
         return duration
 
+    def read_role(self, mount: str, role: str, namespace: str = "") -> dict | None:
+        """An AWS secrets engine role's configuration (GET {mount}/roles/{role}), without issuing;
+        None when the mount has no such role. A mount that does not exist raises VaultRejected
+        ("no handler for route"); a token without read on it raises VaultDenied."""
+        import hvac.exceptions as hx
+
+        client = self.client(namespace)
+        path = f"/v1/{mount.strip('/')}/roles/{role}"
+
+        def call():
+            try:
+                return client.adapter.get(path)
+            except hx.InvalidPath as exc:
+                if any("no handler for route" in str(e) for e in (getattr(exc, "errors", None) or [])):
+                    raise
+                return None
+
+        response = self._call(f"{mount}/roles/{role}", call, retry_read_timeout=True)
+        if response is None:
+            return None
+        data = response.get("data") if isinstance(response, dict) else None
+        return data if isinstance(data, dict) else {}
+
     def lookup_self(self) -> dict:
         client = self.client("")
         response = self._call("auth/token/lookup-self", client.auth.token.lookup_self, retry_read_timeout=True)

@@ -56,13 +56,10 @@ def main() -> None:
             VAULT_ADDR=info["vault_addr"], VAULT_TOKEN=info["token"], AWS_ENDPOINT_URL=info["aws_endpoint"],
             AWS_EC2_METADATA_DISABLED="true",
         )
-        step("adding a profile for the Vault role aws/deploy (assumed_role)")
+        step("adding a profile for the Vault role aws/deploy (assumed_role), written into ~/.aws/config")
         sh(BROKER, "profile", "add", "deploy", "--mount", "aws", "--role", "deploy", "--ttl", "1h",
-           "--region", "us-east-1", env=env)
+           "--region", "us-east-1", "--write-aws-config", env=env)
         config = home / ".aws" / "config"
-        config.parent.mkdir(mode=0o700, exist_ok=True)
-        config.write_text(f"[profile deploy]\ncredential_process = {BROKER} credential-process --profile deploy\n"
-                          "region = us-east-1\n")
         print(f"{config}:\n{config.read_text()}")
         step("boto3 reads the profile: three clients, one Vault issuance (the rest are cache hits)")
         probe = (
@@ -74,14 +71,13 @@ def main() -> None:
             "print('buckets:', [b['Name'] for b in s.client('s3').list_buckets()['Buckets']])\n"
         )
         sh(sys.executable, "-c", probe, env=env)
-        step("the ledger: every lease Vault issued to this machine")
-        commands = sh(BROKER, "--help", env=env)
-        if " leases " in commands:
-            sh(BROKER, "leases", env=env)
-        else:
-            sh(sys.executable, "-c", "import sqlite3,os;c=sqlite3.connect(os.environ['XDG_DATA_HOME']+'/broker/broker.db');"
-               "[print(r) for r in c.execute('select lease_id, profile, credential_type, access_key_id, "
-               "role_session_name, state from leases')]", env=env)
+        step("an iam_user credential for a CI job, without the cache")
+        sh(BROKER, "credential-process", "--mount", "aws", "--role", "ci", "--no-cache", env=env)
+        step("the ledger: every lease Vault issued to this machine (no secret in any format)")
+        sh(BROKER, "leases", env=env)
+        step("incident: revoke everything of role ci (iam_user keys are deleted in AWS)")
+        sh(BROKER, "revoke", "--role", "ci", "--yes", env=env)
+        sh(BROKER, "leases", "--state", "revoked", "--format", "csv", env=env)
         print("\ndemo: done")
     finally:
         double.send_signal(signal.SIGTERM)

@@ -238,3 +238,25 @@ def test_renewable_lease_near_its_end_is_renewed_not_reissued(vault, db_path):
     assert len(vault.issued) == 1
     row = ledger_rows(db_path)[0]
     assert row["renewed_at"] is not None and row["expires_at"] - time.time() > 3000
+
+
+def test_a_threaded_caller_issues_through_a_worker_process(vault, db_path):
+    """In a multi-threaded process (the credential server) issuance runs in `broker _issue`."""
+    import threading
+
+    from broker import leases
+    from broker.app import App
+
+    app = App()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, args=(30,), daemon=True)
+    other.start()
+    try:
+        request = leases.build_request(app, None, {"mount": "aws", "role": "deploy"})
+        got = leases.obtain(app, request)
+    finally:
+        stop.set()
+        other.join(5)
+    assert got.access_key_id == vault.issued[-1].access_key and got.lease_row
+    assert ledger_rows(db_path)[0]["lease_id"] == vault.issued[-1].lease_id
+    assert leases.obtain(app, request) == got

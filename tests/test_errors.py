@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -182,3 +183,28 @@ def test_newer_schema_is_refused_never_downgraded(db_path):
     assert_one_line_error(run_broker("profile", "list"), contains="newer than this broker", code=5)
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("9999",)
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """chattr +i on a path (a read-only file even for root); undone afterwards."""
+    marked = []
+
+    def mark(path):
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_read_only_database(vault, db_path, immutable):
+    credential("--mount", "aws", "--role", "ci")
+    run_broker("profile", "list")  # checkpoint: everything in the main file
+    immutable(db_path)
+    assert_one_line_error(run_broker("profile", "add", "x", "--mount", "aws", "--role", "ci"),
+                          contains="not writable", code=5)
+    # a cache hit only reads, and is still served
+    assert credential("--mount", "aws", "--role", "ci")["AccessKeyId"] == vault.issued[-1].access_key

@@ -3,4 +3,4 @@
 service modules of the package."""
 
 # Modules imported by broker/cli.py, in the order their commands appear in `broker --help`.
-COMMAND_MODULES: list[str] = ["key", "ledger"]
+COMMAND_MODULES: list[str] = ["key", "run", "leases", "ledger"]

@@ -1,0 +1,194 @@
+"""Running programs with broker credentials: `exec` (env or server mode), `serve`, `export`.
+
+Env mode replaces broker with the command (os.execvpe), as aws-vault does first: the exit status and
+every signal are the command's own, with nothing in between. Server mode has to stay alive to serve
+the endpoint, so it runs the command as a child in the same process group (so a terminal's Ctrl-C,
+Ctrl-\\ and job control reach it directly), forwards the signals a terminal does not send to the
+group, waits, and then exits the way the child did (the same status, or the same signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from broker import cache, execenv
+from broker.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+# Sent by `kill`, init systems and CI runners to broker alone: always forwarded to the child.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# Sent by a terminal to the whole foreground process group, child included: forwarding them too
+# would deliver each twice (a second Ctrl-C makes Terraform abandon its run). Forwarded only when
+# broker is not in the terminal's foreground group (e.g. `kill -INT` from a script).
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+class CommandNotFound(BrokerError):
+    exit_code = 127  # as a shell says
+
+
+class CommandNotExecutable(BrokerError):
+    exit_code = 126
+
+
+def prepare(app, profile: str, *, force: bool):
+    """Check nesting, then the request and a first credential (so errors come before any child runs)."""
+    from broker import leases
+
+    execenv.check_not_nested(os.environ, force)
+    request = leases.build_request(app, profile, {})
+    credential = leases.obtain(app, request)
+    return request, credential
+
+
+def exec_with_keys(app, profile: str, command: list[str], *, force: bool) -> int:
+    """Env mode: put the keys in the environment and become the command."""
+    request, credential = prepare(app, profile, force=force)
+    env = execenv.child_env(os.environ, profile, region=request.region, keys=credential)
+    log.info("running %s with key ...%s until %s", command[0], credential.access_key_id[-4:],
+             cache.iso_utc(credential.expires_at))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        raise _exec_error(command[0], exc) from None
+    return 0  # not reached
+
+
+def exec_with_server(app, profile: str, command: list[str], *, force: bool) -> int:
+    """Server mode: serve fresh credentials on loopback to a child, for as long as it runs."""
+    from broker.credserver import CredentialServer
+
+    request, _first = prepare(app, profile, force=force)
+    with CredentialServer(app, request) as server:
+        env = execenv.child_env(os.environ, profile, region=request.region, endpoint=server.endpoint)
+        with _Forwarding() as forwarding:  # before the child exists: no signal slips through
+            try:
+                child = subprocess.Popen(command, env=env)
+            except OSError as exc:
+                raise _exec_error(command[0], exc) from None
+            forwarding.attach(child)
+            returncode = child.wait()
+        log.info("%s exited with %s after %d credential requests", command[0], returncode, server.served)
+    return exit_like(returncode)
+
+
+def serve(app, profile: str, port: int, out) -> int:
+    """`broker serve`: the endpoint in the foreground until SIGINT or SIGTERM."""
+    from broker import leases
+    from broker.credserver import CredentialServer
+
+    request = leases.build_request(app, profile, {})
+    leases.obtain(app, request)  # fail now, not at the SDK's first request
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with CredentialServer(app, request, port=port) as server:
+            out.write(execenv.render_endpoint_exports(server.endpoint))
+            out.flush()
+            print(f"broker: serving credentials for profile {profile} at {server.url}; "
+                  f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
+            while not stop.wait(1.0):
+                pass
+        print(f"broker: stopped serving profile {profile} after {server.served} credential requests",
+              file=sys.stderr, flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def export(app, profile: str, fmt: str) -> str:
+    from broker import leases
+
+    request = leases.build_request(app, profile, {})
+    credential = leases.obtain(app, request)
+    return execenv.render_export(credential, fmt, profile=profile, region=request.region)
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+def _exec_error(name: str, exc: OSError) -> BrokerError:
+    if isinstance(exc, FileNotFoundError):
+        return CommandNotFound(f"command not found: {name}")
+    if isinstance(exc, PermissionError):
+        return CommandNotExecutable(f"cannot run {name}: permission denied")
+    return BrokerError(f"cannot run {name}: {exc.strerror or exc}")
+
+
+def terminal_delivers_to_child() -> bool:
+    """True when broker is in the foreground process group of its terminal, so that a key such as
+    Ctrl-C already signals the child (same group) without our help."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class _Forwarding:
+    """While active, signals to broker go to the child (see FORWARDED_SIGNALS / TERMINAL_SIGNALS).
+    Handlers are Python functions, never SIG_IGN, because an ignored signal stays ignored in a child
+    across exec; one that arrives before the child exists is delivered as soon as it does."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.pending: list[int] = []
+        self.previous: dict = {}
+
+    def _forward(self, signum, _frame) -> None:
+        if self.child is None:
+            self.pending.append(signum)
+        elif self.child.poll() is None:
+            try:
+                self.child.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def _ignore(self, signum, _frame) -> None:
+        """The terminal signals the child itself (same foreground group); only before the child
+        exists does broker pass it on."""
+        if self.child is None:
+            self.pending.append(signum)
+
+    def attach(self, child: subprocess.Popen) -> None:
+        self.child = child
+        while self.pending:
+            self._forward(self.pending.pop(0), None)
+
+    def __enter__(self) -> _Forwarding:
+        terminal = terminal_delivers_to_child()
+        for sig in FORWARDED_SIGNALS + TERMINAL_SIGNALS:
+            handler = self._ignore if (sig in TERMINAL_SIGNALS and terminal) else self._forward
+            self.previous[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_like(returncode: int) -> int:
+    """The child's exit status; if a signal killed it, die of the same signal so that the parent
+    shell sees what it would have seen without broker (falls back to 128 + N)."""
+    if returncode >= 0:
+        return returncode
+    signum = -returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return 128 + signum
