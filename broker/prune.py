@@ -70,6 +70,10 @@ def prune_expired(app, *, dry_run: bool = False, now: int | None = None) -> Prun
     result = PruneResult(dry_run=dry_run)
     started = time.monotonic()
     _ = app.engine  # create, check and migrate the database before anything else
+    if app.ledger_url and not dry_run:  # drain the outbox (rows kept for it can go) and pull revocations
+        from broker import fleet
+
+        fleet.sync_before_prune(app)
     with locks.try_hold(locks.lock_path(app.db_path, "prune")) as held:
         if not held:
             result.busy = True
