@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from tests.pg import (  # noqa: F401 - pytest fixtures
     PG_BIN,
     Host,
     HungServer,
+    child_env,
     closed_port_url,
     fleet_db,
     pg,
@@ -119,3 +121,17 @@ def test_a_pulled_revocation_makes_the_next_call_issue_anew(tmp_path, pg, fleet_
     assert cred(b, "--profile", "deploy")[0] == other
     assert a.sql("SELECT state, revoked_by, secret FROM leases WHERE access_key_id = ?", (first["AccessKeyId"],)) == [
         ("revoked", "oncall@desk", None)]
+
+
+def test_a_cache_hit_never_touches_the_fleet_ledger(tmp_path, pg, fleet_db, hosts):
+    """With a ledger URL set, a hit imports neither psycopg nor the fleet modules (PostgreSQL is hung)."""
+    host = hosts[0]
+    cred(host, "--profile", "deploy")
+    with HungServer() as hung:
+        env = child_env(host.env(BROKER_LEDGER_URL=hung.url("host_a", pg.password, fleet_db)))
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "broker", "credential-process", "--profile",
+                                 "deploy"], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert not {m for m in imported if m.startswith(("psycopg", "broker.fleet", "sqlalchemy", "click"))}
+        assert hung.accepted == 0

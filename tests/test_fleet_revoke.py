@@ -53,8 +53,9 @@ def shared(pg, db, where="true"):
     return pg.query(db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}")
 
 
-def test_fleet_listing_formats_and_filters(pg, fleet_db, fleet):
+def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault):
     hosts, (desk, _) = fleet
+    # `leases --fleet`: formats, filters, a host's own view.
     result = desk.broker("leases", "--fleet", "--format", "json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
@@ -75,9 +76,7 @@ def test_fleet_listing_formats_and_filters(pg, fleet_db, fleet):
     bad = desk.broker("leases", "--host", "host-a")
     assert bad.returncode == 2 and "--fleet" in bad.stderr
 
-
-def test_fleet_revoke_across_three_hosts(pg, fleet_db, fleet, vault):
-    hosts, (desk, _) = fleet
+    # `revoke --fleet --role deploy`: every host's deploy leases, once each.
     deploy = {row[0] for row in shared(pg, fleet_db, "role = 'deploy'")}
     dry = desk.broker("revoke", "--fleet", "--role", "deploy", "--dry-run", "--format", "json", **RESPONDER_ENV)
     assert dry.returncode == 0, dry.stderr
