@@ -65,8 +65,22 @@ BACKOFF_SECONDS = 30
 
 # The public fields of a fleet row, in output order (json/csv carry every one of them).
 COLUMNS = [
-    "lease_id", "host", "user", "profile", "mount", "role", "namespace", "credential_type", "access_key_id",
-    "role_session_name", "vault_addr", "issued_at", "expires_at", "state", "revoked_at", "revoked_by",
+    "lease_id",
+    "host",
+    "user",
+    "profile",
+    "mount",
+    "role",
+    "namespace",
+    "credential_type",
+    "access_key_id",
+    "role_session_name",
+    "vault_addr",
+    "issued_at",
+    "expires_at",
+    "state",
+    "revoked_at",
+    "revoked_by",
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
 STATES = ("active", "expired", "revoked", "all")
@@ -159,7 +173,7 @@ class FleetLedger:
         lines = [line.strip() for line in str(text).splitlines() if line.strip()]
         first = lines[0] if lines else type(orig).__name__
         if first.startswith("connection failed: ") and len(lines) > 0:
-            first = first[len("connection failed: "):]
+            first = first[len("connection failed: ") :]
         first = self._scrub(" ".join(first.split()))
         return first if len(first) <= 240 else first[:237] + "..."
 
@@ -169,11 +183,13 @@ class FleetLedger:
         reason = self._reason(exc)
         if sqlstate == "42501":
             return FleetDenied(
-                f"the fleet ledger {self.masked} denied {what}: {reason}; check this role's GRANTs (see the README)"
+                f"the fleet ledger {self.masked} denied {what}: {reason}; "
+                f"check this role's GRANTs (see the README)"
             )
         if sqlstate == "42P01":
             return FleetSchemaMismatch(
-                f"the fleet ledger {self.masked} has no broker tables; run `broker ledger init` as the database owner"
+                f"the fleet ledger {self.masked} has no broker tables; "
+                f"run `broker ledger init` as the database owner"
             )
         if sqlstate in ("57014", "55P03"):
             return FleetUnreachable(f"the fleet ledger {self.masked} timed out during {what}: {reason}")
@@ -267,7 +283,9 @@ def fleet_migrations_dir() -> str:
 
     path = os.path.join(db.migrations_dir(), "fleet")
     if not os.path.isfile(os.path.join(path, "env.py")):
-        raise BrokerError("broker's fleet migration scripts are missing from this installation; reinstall broker")
+        raise BrokerError(
+            "broker's fleet migration scripts are missing from this installation; reinstall broker"
+        )
     return path
 
 
@@ -288,7 +306,9 @@ def init_schema(raw_url: str) -> InitResult:
             config = Config()
             config.set_main_option("script_location", fleet_migrations_dir().replace("%", "%%"))
             config.attributes["connection"] = conn
-            log.info("upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD)
+            log.info(
+                "upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD
+            )
             command.upgrade(config, "head")
         return InitResult(ledger.masked, before, SCHEMA_HEAD)
     finally:
@@ -302,13 +322,15 @@ def _require_roles(conn, masked: str) -> None:
 
     found = set(
         conn.execute(
-            text("SELECT rolname FROM pg_roles WHERE rolname IN (:h, :r)"), {"h": HOST_ROLE, "r": RESPONDER_ROLE}
+            text("SELECT rolname FROM pg_roles WHERE rolname IN (:h, :r)"),
+            {"h": HOST_ROLE, "r": RESPONDER_ROLE},
         ).scalars()
     )
     missing = [r for r in (HOST_ROLE, RESPONDER_ROLE) if r not in found]
     if missing:
         raise FleetError(
-            f"the fleet ledger {masked} lacks the role(s) {', '.join(missing)} its grants name; have a DBA run "
+            f"the fleet ledger {masked} lacks the role(s) {', '.join(missing)} its grants name; "
+            "have a DBA run "
             + " ".join(f"CREATE ROLE {r} NOLOGIN;" for r in missing)
             + " (see the README), then run `broker ledger init` again"
         )
@@ -364,8 +386,22 @@ def local_status(app) -> tuple[int, int | None]:
 
 # Local Lease columns that make up a shared row; the last four may change after the first push.
 _PUSHED = (
-    "lease_id", "access_key_id", "vault_addr", "namespace", "mount", "role", "profile", "credential_type",
-    "role_session_name", "issued_at", "expires_at", "state", "revoked_at", "revoked_by", "host", "os_user",
+    "lease_id",
+    "access_key_id",
+    "vault_addr",
+    "namespace",
+    "mount",
+    "role",
+    "profile",
+    "credential_type",
+    "role_session_name",
+    "issued_at",
+    "expires_at",
+    "state",
+    "revoked_at",
+    "revoked_by",
+    "host",
+    "os_user",
 )
 _MUTABLE = ("expires_at", "state", "revoked_at", "revoked_by")
 
@@ -460,14 +496,16 @@ def pull(app, ledger: FleetLedger) -> int:
 
     with app.transaction(read_only=True) as session:
         local = session.execute(
-            select(Lease.id, Lease.lease_id, Lease.access_key_id).where(Lease.state == "active", Lease.lease_id != "")
+            select(Lease.id, Lease.lease_id, Lease.access_key_id).where(
+                Lease.state == "active", Lease.lease_id != ""
+            )
         ).all()
     by_key = {(lease_id, akid): row_id for row_id, lease_id, akid in local}
     keys = list(by_key)
     revoked: list[tuple[int, int, str | None]] = []
     t = FleetLease.__table__
     for start in range(0, len(keys), PULL_BATCH):
-        chunk = keys[start:start + PULL_BATCH]
+        chunk = keys[start : start + PULL_BATCH]
         with ledger.begin("reading revocations") as conn:
             rows = conn.execute(
                 select(t.c.lease_id, t.c.access_key_id, t.c.revoked_at, t.c.revoked_by).where(
@@ -485,7 +523,9 @@ def pull(app, ledger: FleetLedger) -> int:
                     .where(Lease.id == row_id, Lease.state == "active")
                     .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None)
                 )
-        log.info("marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked))
+        log.info(
+            "marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked)
+        )
     with app.transaction() as session:
         session.merge(Setting(key=LAST_PULL_KEY, value=str(int(time.time()))))
     return len(revoked)
@@ -566,7 +606,8 @@ def spawn_background_sync(app) -> bool:
                 return False
         with app.sqlite() as conn:
             pending, retry_after = conn.execute(
-                "SELECT (SELECT 1 FROM outbox LIMIT 1), (SELECT value FROM settings WHERE key = ?)", (RETRY_AFTER_KEY,)
+                "SELECT (SELECT 1 FROM outbox LIMIT 1), (SELECT value FROM settings WHERE key = ?)",
+                (RETRY_AFTER_KEY,),
             ).fetchone()
         if pending is None or (retry_after and int(retry_after) > time.time()):
             return False
@@ -611,8 +652,11 @@ def _where(t, selector: FleetSelector, now) -> list:
 
     clauses = []
     for column, value in (
-        (t.c.profile, selector.profile), (t.c.mount, selector.mount.strip("/") if selector.mount else None),
-        (t.c.role, selector.role), (t.c.host, selector.host), (t.c.os_user, selector.user),
+        (t.c.profile, selector.profile),
+        (t.c.mount, selector.mount.strip("/") if selector.mount else None),
+        (t.c.role, selector.role),
+        (t.c.host, selector.host),
+        (t.c.os_user, selector.user),
     ):
         if value is not None:
             clauses.append(column == value)
@@ -643,14 +687,28 @@ def list_leases(app, selector: FleetSelector, *, batch: int = 2_000) -> Iterator
     ledger = FleetLedger(require_url(app))
     t = FleetLease.__table__
     now = func.now()
-    state = case((t.c.state == "active", case((t.c.expires_at <= now, literal_column("'expired'")),
-                                              else_=t.c.state)), else_=t.c.state)
+    state = case(
+        (t.c.state == "active", case((t.c.expires_at <= now, literal_column("'expired'")), else_=t.c.state)),
+        else_=t.c.state,
+    )
     query = (
         select(
-            t.c.lease_id, t.c.host, t.c.os_user.label("user"), t.c.profile, t.c.mount, t.c.role, t.c.namespace,
-            t.c.credential_type, t.c.access_key_id, t.c.role_session_name, t.c.vault_addr,
-            _epoch(t.c.issued_at).label("issued_at"), _epoch(t.c.expires_at).label("expires_at"),
-            state.label("state"), _epoch(t.c.revoked_at).label("revoked_at"), t.c.revoked_by,
+            t.c.lease_id,
+            t.c.host,
+            t.c.os_user.label("user"),
+            t.c.profile,
+            t.c.mount,
+            t.c.role,
+            t.c.namespace,
+            t.c.credential_type,
+            t.c.access_key_id,
+            t.c.role_session_name,
+            t.c.vault_addr,
+            _epoch(t.c.issued_at).label("issued_at"),
+            _epoch(t.c.expires_at).label("expires_at"),
+            state.label("state"),
+            _epoch(t.c.revoked_at).label("revoked_at"),
+            t.c.revoked_by,
         )
         .where(*_where(t, selector, now))
         .order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
@@ -677,10 +735,14 @@ def json_rows(app, selector: FleetSelector, *, batch_size: int = 2_000) -> Itera
     ledger = FleetLedger(require_url(app))
     t = FleetLease.__table__
     expired = and_(t.c.state == "active", t.c.expires_at <= func.now())
-    text = case((expired, func.replace(t.c.listing_json, '"state": "active"', '"state": "expired"')),
-                else_=t.c.listing_json)
+    text = case(
+        (expired, func.replace(t.c.listing_json, '"state": "active"', '"state": "expired"')),
+        else_=t.c.listing_json,
+    )
     query = (
-        select(text).where(*_where(t, selector, func.now())).order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
+        select(text)
+        .where(*_where(t, selector, func.now()))
+        .order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
     )
     try:
         with ledger.begin("listing leases") as conn:
@@ -710,9 +772,24 @@ def responder() -> str:
 
 # -- `broker leases --fleet`: table and csv (json: json_rows) ---------------------------------------------
 
-TABLE_COLUMNS = ["host", "user", "lease_id", "profile", "mount", "role", "namespace", "credential_type",
-                 "access_key_id", "role_session_name", "issued_at", "expires_at", "left", "state", "revoked_at",
-                 "revoked_by"]
+TABLE_COLUMNS = [
+    "host",
+    "user",
+    "lease_id",
+    "profile",
+    "mount",
+    "role",
+    "namespace",
+    "credential_type",
+    "access_key_id",
+    "role_session_name",
+    "issued_at",
+    "expires_at",
+    "left",
+    "state",
+    "revoked_at",
+    "revoked_by",
+]
 TABLE_HEADERS = {"host": "HOST", "user": "USER", "revoked_by": "REVOKED BY"}
 
 
@@ -724,8 +801,12 @@ def listing(app, selector: FleetSelector, *, table: bool):
     if not table:
         return audit.Listing(rows=(iso_row(row) for row in list_leases(app, selector)), columns=COLUMNS)
     widths = _table_widths(app, selector)
-    return audit.Listing(rows=_table_rows(app, selector), columns=TABLE_COLUMNS,
-                         headers={**audit.TABLE_HEADERS, **TABLE_HEADERS}, widths=widths)
+    return audit.Listing(
+        rows=_table_rows(app, selector),
+        columns=TABLE_COLUMNS,
+        headers={**audit.TABLE_HEADERS, **TABLE_HEADERS},
+        widths=widths,
+    )
 
 
 def _table_rows(app, selector: FleetSelector) -> Iterator[dict]:
@@ -744,16 +825,26 @@ def _table_widths(app, selector: FleetSelector) -> dict:
     from broker.fleet_models import FleetLease
 
     t = FleetLease.__table__
-    text_columns = {"host": t.c.host, "user": t.c.os_user, "lease_id": t.c.lease_id, "profile": t.c.profile,
-                    "mount": t.c.mount, "role": t.c.role, "namespace": t.c.namespace,
-                    "credential_type": t.c.credential_type, "access_key_id": t.c.access_key_id,
-                    "role_session_name": t.c.role_session_name, "revoked_by": t.c.revoked_by}
+    text_columns = {
+        "host": t.c.host,
+        "user": t.c.os_user,
+        "lease_id": t.c.lease_id,
+        "profile": t.c.profile,
+        "mount": t.c.mount,
+        "role": t.c.role,
+        "namespace": t.c.namespace,
+        "credential_type": t.c.credential_type,
+        "access_key_id": t.c.access_key_id,
+        "role_session_name": t.c.role_session_name,
+        "revoked_by": t.c.revoked_by,
+    }
     ledger = FleetLedger(require_url(app))
     try:
         with ledger.begin("listing leases") as conn:
             maxima = conn.execute(
                 select(*[func.max(func.length(c)) for c in text_columns.values()]).where(
-                    *_where(t, selector, func.now()))
+                    *_where(t, selector, func.now())
+                )
             ).one()
     finally:
         ledger.dispose()
@@ -784,7 +875,8 @@ class FleetRevokeSelector:
         kinds = [bool(self.lease_ids), bool(self.role), bool(self.host), bool(self.user), self.all]
         if sum(kinds) != 1 or (self.mount and not self.role):
             raise UsageError(
-                "say which fleet leases: --role R [--mount M], --host H, --user U, --lease-id ID (repeatable) or --all"
+                "say which fleet leases: --role R [--mount M], --host H, --user U, "
+                "--lease-id ID (repeatable) or --all"
             )
         if any(not lease_id.strip() for lease_id in self.lease_ids):
             raise UsageError("--lease-id needs a non-empty lease id")
@@ -806,11 +898,20 @@ class FleetRevokeSelector:
     def as_dict(self) -> dict:
         from dataclasses import asdict
 
-        return {"fleet": True, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}}
+        return {
+            "fleet": True,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()},
+        }
 
     def rows(self, state: str = "active") -> FleetSelector:
-        return FleetSelector(mount=self.mount, role=self.role, host=self.host, user=self.user,
-                             lease_ids=self.lease_ids, state=state)
+        return FleetSelector(
+            mount=self.mount,
+            role=self.role,
+            host=self.host,
+            user=self.user,
+            lease_ids=self.lease_ids,
+            state=state,
+        )
 
 
 def _target_class():
@@ -836,14 +937,31 @@ def _target_class():
 
 
 _FleetTarget = None
-_TARGET_FIELDS = ("lease_id", "access_key_id", "namespace", "credential_type", "role", "mount", "role_session_name",
-                  "profile", "host", "os_user", "vault_addr", "issued_at", "expires_at", "state", "revoked_by")
+_TARGET_FIELDS = (
+    "lease_id",
+    "access_key_id",
+    "namespace",
+    "credential_type",
+    "role",
+    "mount",
+    "role_session_name",
+    "profile",
+    "host",
+    "os_user",
+    "vault_addr",
+    "issued_at",
+    "expires_at",
+    "state",
+    "revoked_by",
+)
 
 
 def _target_query(t, where, *, lock: str | None = None, limit: int | None = None, after=None):
     from sqlalchemy import tuple_
 
-    query = select(*[(_epoch(t.c[n]).label(n) if n in TIME_COLUMNS else t.c[n]) for n in _TARGET_FIELDS]).where(*where)
+    query = select(
+        *[(_epoch(t.c[n]).label(n) if n in TIME_COLUMNS else t.c[n]) for n in _TARGET_FIELDS]
+    ).where(*where)
     if after is not None:
         query = query.where(tuple_(t.c.lease_id, t.c.access_key_id) > tuple_(*after))
     query = query.order_by(t.c.lease_id, t.c.access_key_id)
@@ -860,11 +978,21 @@ def _to_target(row, vault_addr: str, now: float):
     fields = dict(zip(_TARGET_FIELDS, row, strict=True))
     state = "expired" if fields["state"] == "active" and fields["expires_at"] <= now else fields["state"]
     return _target_class()(
-        lease_id=fields["lease_id"], namespace=fields["namespace"] or "", credential_type=fields["credential_type"],
-        access_key_id=fields["access_key_id"], role=fields["role"], mount=fields["mount"],
-        role_session_name=fields["role_session_name"], expires_at=fields["expires_at"],
-        issued_at=fields["issued_at"], vault_addr=vault_addr, profile=fields["profile"], state=state,
-        host=fields["host"], os_user=fields["os_user"], recorded_vault_addr=fields["vault_addr"],
+        lease_id=fields["lease_id"],
+        namespace=fields["namespace"] or "",
+        credential_type=fields["credential_type"],
+        access_key_id=fields["access_key_id"],
+        role=fields["role"],
+        mount=fields["mount"],
+        role_session_name=fields["role_session_name"],
+        expires_at=fields["expires_at"],
+        issued_at=fields["issued_at"],
+        vault_addr=vault_addr,
+        profile=fields["profile"],
+        state=state,
+        host=fields["host"],
+        os_user=fields["os_user"],
+        recorded_vault_addr=fields["vault_addr"],
     )
 
 
@@ -877,19 +1005,42 @@ def _mark(conn, results, revoked_by: str) -> None:
 
     t = FleetLease.__table__
     key = (t.c.lease_id == bindparam("k_lease"), t.c.access_key_id == bindparam("k_akid"))
-    done = [{"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id, "at": _utc(r.at)}
-            for r in results if r.ok]
-    failed = [{"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id,
-               "error": f"{cache.iso_utc(r.at)} {r.error}"} for r in results if not r.ok]
+    done = [
+        {"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id, "at": _utc(r.at)}
+        for r in results
+        if r.ok
+    ]
+    failed = [
+        {
+            "k_lease": r.target.lease_id,
+            "k_akid": r.target.access_key_id,
+            "error": f"{cache.iso_utc(r.at)} {r.error}",
+        }
+        for r in results
+        if not r.ok
+    ]
     if done:
-        conn.execute(update(t).where(*key, t.c.state == "active").values(
-            state="revoked", revoked_at=bindparam("at"), revoked_by=revoked_by, revoke_error=None), done)
+        conn.execute(
+            update(t)
+            .where(*key, t.c.state == "active")
+            .values(state="revoked", revoked_at=bindparam("at"), revoked_by=revoked_by, revoke_error=None),
+            done,
+        )
     if failed:
-        conn.execute(update(t).where(*key, t.c.state == "active").values(revoke_error=bindparam("error")), failed)
+        conn.execute(
+            update(t).where(*key, t.c.state == "active").values(revoke_error=bindparam("error")), failed
+        )
 
 
-def revoke_fleet(app, selector: FleetRevokeSelector, *, dry_run: bool = False, confirm=None, progress=None,
-                 concurrency: int | None = None):
+def revoke_fleet(
+    app,
+    selector: FleetRevokeSelector,
+    *,
+    dry_run: bool = False,
+    confirm=None,
+    progress=None,
+    concurrency: int | None = None,
+):
     """`broker revoke --fleet`: revoke every matching active lease of every host in Vault, through
     this machine's Vault address and token and in each row's namespace, and mark the shared rows
     revoked by user@host. Selection, the concurrent engine, the report and the deny policies are
@@ -911,19 +1062,36 @@ def revoke_fleet(app, selector: FleetRevokeSelector, *, dry_run: bool = False, c
         with ledger.begin("reading leases") as conn:
             planned = [_to_target(row, addr, now) for row in conn.execute(_target_query(t, active_where))]
             if selector.lease_ids:
-                listed_rows = [_to_target(row, addr, now)
-                               for row in conn.execute(_target_query(t, _where(t, selector.rows("all"), func.now())))]
+                listed_rows = [
+                    _to_target(row, addr, now)
+                    for row in conn.execute(_target_query(t, _where(t, selector.rows("all"), func.now())))
+                ]
         unknown: list = []
         if selector.lease_ids:
             known = {target.lease_id for target in listed_rows}
             for target in listed_rows:
-                if target.state in ("revoked", "expired") and target.lease_id not in {p.lease_id for p in planned}:
+                if target.state in ("revoked", "expired") and target.lease_id not in {
+                    p.lease_id for p in planned
+                }:
                     outcome = "already_revoked" if target.state == "revoked" else "expired"
                     report.results.append(revoking.Result(target, True, outcome, None, now))
-            unknown = [_target_class()(
-                lease_id=lease_id, namespace=settings.vault_namespace(), credential_type="unknown", access_key_id="",
-                role="", mount="", role_session_name=None, expires_at=None, issued_at=None, vault_addr=addr,
-                state="unknown") for lease_id in dict.fromkeys(selector.lease_ids) if lease_id not in known]
+            unknown = [
+                _target_class()(
+                    lease_id=lease_id,
+                    namespace=settings.vault_namespace(),
+                    credential_type="unknown",
+                    access_key_id="",
+                    role="",
+                    mount="",
+                    role_session_name=None,
+                    expires_at=None,
+                    issued_at=None,
+                    vault_addr=addr,
+                    state="unknown",
+                )
+                for lease_id in dict.fromkeys(selector.lease_ids)
+                if lease_id not in known
+            ]
         if dry_run:
             report.results += [revoking.Result(x, True, "would_revoke", None, now) for x in planned + unknown]
             return report
@@ -1009,15 +1177,19 @@ def _revoke_claimed(ledger, t, active_where, report, make_vault, workers, by, ad
                 if phase == "skip":
                     after = (claimed[-1].lease_id, claimed[-1].access_key_id)
                 attempted.update((x.lease_id, x.access_key_id) for x in claimed)
-                results = [_fleet_outcome(revoking._without_lease(x, int(now))) for x in claimed if not x.lease_id]
+                results = [
+                    _fleet_outcome(revoking._without_lease(x, int(now))) for x in claimed if not x.lease_id
+                ]
 
-                def on_result(batch: list) -> None:
+                def on_result(batch: list, results: list = results) -> None:
                     results.extend(_fleet_outcome(r) for r in batch)
                     if tick is not None:
                         tick(len(batch))
 
                 try:
-                    revoking.revoke_targets([x for x in claimed if x.lease_id], make_vault, workers, on_result)
+                    revoking.revoke_targets(
+                        [x for x in claimed if x.lease_id], make_vault, workers, on_result
+                    )
                 finally:  # even when interrupted: what Vault revoked is marked and committed
                     _mark(conn, results, by)
                     transaction.commit()
@@ -1049,12 +1221,19 @@ def _report_others(ledger, t, planned, report, addr, now) -> None:
     ours = {(r.target.lease_id, r.target.access_key_id) for r in report.results}
     theirs = [(x.lease_id, x.access_key_id) for x in planned if (x.lease_id, x.access_key_id) not in ours]
     for start in range(0, len(theirs), PULL_BATCH):
-        keys = theirs[start:start + PULL_BATCH]
+        keys = theirs[start : start + PULL_BATCH]
         where = [t.c.state == "revoked", tuple_(t.c.lease_id, t.c.access_key_id).in_(keys)]
         with ledger.begin("reading leases") as conn:
             for row in conn.execute(_target_query(t, where)):
-                report.results.append(revoking.Result(
-                    _to_target(row, addr, now), True, "already_revoked", f"revoked by {row[-1]} meanwhile", now))
+                report.results.append(
+                    revoking.Result(
+                        _to_target(row, addr, now),
+                        True,
+                        "already_revoked",
+                        f"revoked by {row[-1]} meanwhile",
+                        now,
+                    )
+                )
 
 
 def _pull_now(app) -> None:

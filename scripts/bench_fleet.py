@@ -46,7 +46,10 @@ _pg = None  # the PostgresServer the scenarios share
 
 
 def line(name: str, value: str, target: str, ok: bool, detail: str = "") -> None:
-    print(f"{name:<38} {value:<26} target {target:<18} {'ok' if ok else 'MISSED'}  {detail}".rstrip(), flush=True)
+    print(
+        f"{name:<38} {value:<26} target {target:<18} {'ok' if ok else 'MISSED'}  {detail}".rstrip(),
+        flush=True,
+    )
 
 
 def broker_command() -> list[str]:
@@ -85,8 +88,13 @@ def fresh_ledger() -> tuple[str, str]:
     pg = postgres()
     name = pg.create_database()
     owner_url = pg.url("broker_owner", name)
-    result = subprocess.run(broker_command() + ["ledger", "init"], env=base_env({"BROKER_LEDGER_URL": owner_url}),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        broker_command() + ["ledger", "init"],
+        env=base_env({"BROKER_LEDGER_URL": owner_url}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if result.returncode:
         raise SystemExit(f"broker ledger init failed: {result.stderr.strip()}")
     return name, owner_url
@@ -97,13 +105,20 @@ def base_env(extra: dict | None = None, home: Path | None = None) -> dict:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if home is not None:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        env.update(HOME=str(home), BROKER_DB=str(home / "data" / "broker.db"), XDG_CONFIG_HOME=str(home / "config"),
-                   XDG_DATA_HOME=str(home / "data-home"), BROKER_KEY_STORE="file")
+        env.update(
+            HOME=str(home),
+            BROKER_DB=str(home / "data" / "broker.db"),
+            XDG_CONFIG_HOME=str(home / "config"),
+            XDG_DATA_HOME=str(home / "data-home"),
+            BROKER_KEY_STORE="file",
+        )
     env.update(extra or {})
     return env
 
 
-def seed_rows(dbname: str, count: int, hosts: int, role: str, *, credential_type: str = "assumed_role") -> None:
+def seed_rows(
+    dbname: str, count: int, hosts: int, role: str, *, credential_type: str = "assumed_role"
+) -> None:
     """`count` active leases of `role` spread over `hosts` hosts, written with COPY as the owner (the
     rows a fleet of hosts would have pushed; the trigger fills listing_json as for a push)."""
     import psycopg
@@ -111,25 +126,46 @@ def seed_rows(dbname: str, count: int, hosts: int, role: str, *, credential_type
     pg = postgres()
     now = int(time.time())
     with psycopg.connect(pg.url("broker_owner", dbname, driver="postgresql")) as conn:
-        columns = ("lease_id, access_key_id, vault_addr, namespace, mount, role, profile, credential_type, "
-                   "role_session_name, issued_at, expires_at, state, host, os_user, db_user")
+        columns = (
+            "lease_id, access_key_id, vault_addr, namespace, mount, role, profile, credential_type, "
+            "role_session_name, issued_at, expires_at, state, host, os_user, db_user"
+        )
         with conn.cursor().copy(f"COPY fleet_leases ({columns}) FROM STDIN") as copy:
             for i in range(count):
                 h = i % hosts
                 token = secrets.token_hex(12)
-                copy.write_row((
-                    f"aws/sts/{role}/{token}", f"ASIA{token[:16].upper()}", "http://127.0.0.1:8200", "", "aws", role,
-                    role, credential_type, f"broker-user{h}-20261126T000000-{token[:8]}",
-                    datetime.fromtimestamp(now - i, UTC), datetime.fromtimestamp(now - i + 3600, UTC), "active",
-                    f"host-{h:03d}", f"user{h}", "host_a",
-                ))
+                copy.write_row(
+                    (
+                        f"aws/sts/{role}/{token}",
+                        f"ASIA{token[:16].upper()}",
+                        "http://127.0.0.1:8200",
+                        "",
+                        "aws",
+                        role,
+                        role,
+                        credential_type,
+                        f"broker-user{h}-20261126T000000-{token[:8]}",
+                        datetime.fromtimestamp(now - i, UTC),
+                        datetime.fromtimestamp(now - i + 3600, UTC),
+                        "active",
+                        f"host-{h:03d}",
+                        f"user{h}",
+                        "host_a",
+                    )
+                )
         conn.execute("ANALYZE fleet_leases")
 
 
 def timed(argv: list[str], env: dict, timeout: float = 300) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started, result
 
 
@@ -140,23 +176,37 @@ def scenario_fleet_list(workdir: Path, double=None) -> dict:
     """`broker leases --fleet --role R --format json` over 100,000 rows from 200 hosts."""
     dbname, _owner = fresh_ledger()
     seed_rows(dbname, LIST_ROWS, LIST_HOSTS, "deploy")
-    env = base_env({"BROKER_LEDGER_URL": postgres().url("resp_1", dbname), "BROKER_HOST": "responder"},
-                   workdir / "fleet-list")
+    env = base_env(
+        {"BROKER_LEDGER_URL": postgres().url("resp_1", dbname), "BROKER_HOST": "responder"},
+        workdir / "fleet-list",
+    )
     argv = broker_command() + ["leases", "--fleet", "--role", "deploy", "--format", "json"]
     walls = []
     listing = workdir / "fleet-list.json"
     for _ in range(LIST_RUNS):  # output to a file, as `broker leases --fleet ... > leases.json`
         with open(listing, "w") as out:
             started = time.perf_counter()
-            result = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.PIPE, text=True, timeout=300,
-                                    stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=300,
+                stdin=subprocess.DEVNULL,
+            )
             walls.append(time.perf_counter() - started)
         if result.returncode:
             raise SystemExit(f"leases --fleet failed: {result.stderr.strip()}")
     rows = len(json.loads(listing.read_text()))
     median = statistics.median(walls)
-    line("leases --fleet --role R --format json", f"{median:.2f} s", "<= 1 s", median <= 1.0 and rows == LIST_ROWS,
-         f"{rows} rows from {LIST_HOSTS} hosts, median of {LIST_RUNS}")
+    line(
+        "leases --fleet --role R --format json",
+        f"{median:.2f} s",
+        "<= 1 s",
+        median <= 1.0 and rows == LIST_ROWS,
+        f"{rows} rows from {LIST_HOSTS} hosts, median of {LIST_RUNS}",
+    )
     return {"name": "fleet-list", "seconds": median, "rows": rows, "runs": walls}
 
 
@@ -164,15 +214,28 @@ def scenario_fleet_revoke(workdir: Path, double) -> dict:
     """`broker revoke --fleet --role R --yes` of 1,000 leases, the Vault double adding 20 ms a request."""
     dbname, _owner = fresh_ledger()
     seed_rows(dbname, REVOKE_LEASES, 50, "ops")
-    env = base_env({"BROKER_LEDGER_URL": postgres().url("resp_1", dbname), "BROKER_HOST": "responder",
-                    "VAULT_ADDR": double.info["vault_addr"], "VAULT_TOKEN": double.info["token"]},
-                   workdir / "fleet-revoke")
-    wall, result = timed(broker_command() + ["revoke", "--fleet", "--role", "ops", "--yes", "--format", "json"], env)
+    env = base_env(
+        {
+            "BROKER_LEDGER_URL": postgres().url("resp_1", dbname),
+            "BROKER_HOST": "responder",
+            "VAULT_ADDR": double.info["vault_addr"],
+            "VAULT_TOKEN": double.info["token"],
+        },
+        workdir / "fleet-revoke",
+    )
+    wall, result = timed(
+        broker_command() + ["revoke", "--fleet", "--role", "ops", "--yes", "--format", "json"], env
+    )
     if result.returncode:
         raise SystemExit(f"revoke --fleet failed ({result.returncode}): {result.stderr.strip()[-300:]}")
     revoked = json.loads(result.stdout)["summary"]["revoked"]
-    line(f"revoke --fleet, {REVOKE_LEASES} leases, +{REVOKE_LATENCY_MS}ms", f"{wall:.2f} s", "<= 4 s",
-         wall <= 4.0 and revoked == REVOKE_LEASES, f"{revoked} revoked")
+    line(
+        f"revoke --fleet, {REVOKE_LEASES} leases, +{REVOKE_LATENCY_MS}ms",
+        f"{wall:.2f} s",
+        "<= 4 s",
+        wall <= 4.0 and revoked == REVOKE_LEASES,
+        f"{revoked} revoked",
+    )
     return {"name": "fleet-revoke", "seconds": wall, "revoked": revoked}
 
 
@@ -184,15 +247,29 @@ def scenario_fleet_miss(workdir: Path, double) -> dict:
     dbname, _owner = fresh_ledger()
     broker = broker_command()
     with HungServer() as hung:
-        urls = {"none": None, "unreachable": closed_port_url("host_a", pg.password, dbname),
-                "hung": hung.url("host_a", pg.password, dbname)}
+        urls = {
+            "none": None,
+            "unreachable": closed_port_url("host_a", pg.password, dbname),
+            "hung": hung.url("host_a", pg.password, dbname),
+        }
         envs = {}
         for name, url in urls.items():  # one host each: a failed sync backs off per local ledger
-            env = base_env({"VAULT_ADDR": double.info["vault_addr"], "VAULT_TOKEN": double.info["token"],
-                            "BROKER_HOST": f"miss-{name}", **({"BROKER_LEDGER_URL": url} if url else {})},
-                           workdir / f"fleet-miss-{name}")
-            added = subprocess.run(broker + ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"], env=env,
-                                   capture_output=True, text=True, timeout=60)
+            env = base_env(
+                {
+                    "VAULT_ADDR": double.info["vault_addr"],
+                    "VAULT_TOKEN": double.info["token"],
+                    "BROKER_HOST": f"miss-{name}",
+                    **({"BROKER_LEDGER_URL": url} if url else {}),
+                },
+                workdir / f"fleet-miss-{name}",
+            )
+            added = subprocess.run(
+                broker + ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if added.returncode:
                 raise SystemExit(f"profile add failed: {added.stderr.strip()}")
             timed(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)  # warm up
@@ -209,13 +286,22 @@ def scenario_fleet_miss(workdir: Path, double) -> dict:
     for name in ("unreachable", "hung"):
         paired = statistics.median(w - n for w, n in zip(walls[name], walls["none"], strict=True))
         figures[name] = paired
-        line(f"miss, PostgreSQL {name}", f"{paired * 1000:+.0f} ms", "<= +100 ms", paired <= 0.100,
-             f"median {medians[name] * 1000:.0f} ms vs {medians['none'] * 1000:.0f} ms without a ledger URL; "
-             f"median of {MISS_RUNS} paired runs")
+        line(
+            f"miss, PostgreSQL {name}",
+            f"{paired * 1000:+.0f} ms",
+            "<= +100 ms",
+            paired <= 0.100,
+            f"median {medians[name] * 1000:.0f} ms vs {medians['none'] * 1000:.0f} ms without a ledger URL; "
+            f"median of {MISS_RUNS} paired runs",
+        )
     return {"name": "fleet-miss", "slower": figures, "medians": medians}
 
 
-SCENARIOS = {"fleet-list": scenario_fleet_list, "fleet-revoke": scenario_fleet_revoke, "fleet-miss": scenario_fleet_miss}
+SCENARIOS = {
+    "fleet-list": scenario_fleet_list,
+    "fleet-revoke": scenario_fleet_revoke,
+    "fleet-miss": scenario_fleet_miss,
+}
 LATENCY_MS = {"fleet-revoke": REVOKE_LATENCY_MS}  # the Vault double's added latency per scenario
 
 
@@ -225,9 +311,21 @@ class Double:
     def __init__(self, workdir: Path, latency_ms: int = 0):
         self.ready = workdir / f"double-{latency_ms}.json"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.vault_double", "--ready-file", str(self.ready), "--latency-ms",
-             str(latency_ms), "--max-seconds", "1800"],
-            cwd=ROOT, env=base_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tests.vault_double",
+                "--ready-file",
+                str(self.ready),
+                "--latency-ms",
+                str(latency_ms),
+                "--max-seconds",
+                "1800",
+            ],
+            cwd=ROOT,
+            env=base_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while not self.ready.exists():
@@ -248,7 +346,9 @@ class Double:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args()
@@ -256,8 +356,11 @@ def main() -> None:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    print(f"# broker fleet benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"{' '.join(broker_command())}", flush=True)
+    print(
+        f"# broker fleet benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{' '.join(broker_command())}",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop PostgreSQL and the double on the way out
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-fleet-"))
     doubles: dict[int, Double] = {}

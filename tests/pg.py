@@ -76,14 +76,29 @@ class PostgresServer:
     def _run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         prefix = ["runuser", "-u", "postgres", "--"] if self._as_root else []
         return subprocess.run(
-            [*prefix, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=self.dir,
+            [*prefix, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.dir,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},
         )
 
     def start(self) -> PostgresServer:
         done = self._run(
-            os.path.join(PG_BIN, "initdb"), "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync",
-            "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8",
+            os.path.join(PG_BIN, "initdb"),
+            "-D",
+            self.data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "--no-instructions",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
         )
         if done.returncode:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()[-500:]}")
@@ -101,21 +116,44 @@ class PostgresServer:
                 "-c shared_buffers=64MB -c log_min_messages=warning"
             )
             done = self._run(
-                os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
-                "-w", "-t", "20", "-o", options, "start",
+                os.path.join(PG_BIN, "pg_ctl"),
+                "-D",
+                self.data,
+                "-l",
+                os.path.join(self.dir, "server.log"),
+                "-w",
+                "-t",
+                "20",
+                "-o",
+                options,
+                "start",
             )
             if done.returncode == 0:
                 break
         else:
-            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()[-500:]} (see {self.dir}/server.log)")
+            raise RuntimeError(
+                f"pg_ctl start failed: {done.stderr.strip()[-500:]} (see {self.dir}/server.log)"
+            )
         self.create_roles()
         return self
 
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            done = self._run(os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "-t", "15", "stop")
+            done = self._run(
+                os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "-t", "15", "stop"
+            )
             if done.returncode:
-                self._run(os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "-t", "10", "stop")
+                self._run(
+                    os.path.join(PG_BIN, "pg_ctl"),
+                    "-D",
+                    self.data,
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "10",
+                    "stop",
+                )
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
@@ -133,8 +171,9 @@ class PostgresServer:
     def superuser(self, dbname: str = "postgres"):
         import psycopg
 
-        return psycopg.connect(host=self.dir, port=self.port, user="postgres", dbname=dbname, autocommit=True,
-                               connect_timeout=5)
+        return psycopg.connect(
+            host=self.dir, port=self.port, user="postgres", dbname=dbname, autocommit=True, connect_timeout=5
+        )
 
     def create_roles(self) -> None:
         """The README's setup: an owner, two NOLOGIN group roles, host and responder logins."""
@@ -161,7 +200,9 @@ class PostgresServer:
         with self.superuser() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def url(self, user: str, dbname: str, *, password: bool = True, driver: str = "postgresql+psycopg") -> str:
+    def url(
+        self, user: str, dbname: str, *, password: bool = True, driver: str = "postgresql+psycopg"
+    ) -> str:
         secret = f":{self.password}" if password else ""
         return f"{driver}://{user}{secret}@{self.host}:{self.port}/{dbname}"
 
@@ -180,8 +221,19 @@ class PostgresServer:
             f"-c listen_addresses={self.host} -p {self.port} -k {self.dir} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB"
         )
-        done = self._run(os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
-                         "-w", "-t", "20", "-o", options, "start")
+        done = self._run(
+            os.path.join(PG_BIN, "pg_ctl"),
+            "-D",
+            self.data,
+            "-l",
+            os.path.join(self.dir, "server.log"),
+            "-w",
+            "-t",
+            "20",
+            "-o",
+            options,
+            "start",
+        )
         if done.returncode:
             raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()[-300:]}")
 
@@ -256,9 +308,15 @@ class Host:
 
     def env(self, **extra) -> dict:
         return {
-            "BROKER_DB": self.db, "BROKER_HOST": self.name, "BROKER_LEDGER_URL": self.url,
-            "BROKER_KEY_DIR": self.key_dir, "BROKER_KEY_STORE": "file", "HOME": str(self.dir),
-            "LOGNAME": self.user, "USER": self.user, **extra,
+            "BROKER_DB": self.db,
+            "BROKER_HOST": self.name,
+            "BROKER_LEDGER_URL": self.url,
+            "BROKER_KEY_DIR": self.key_dir,
+            "BROKER_KEY_STORE": "file",
+            "HOME": str(self.dir),
+            "LOGNAME": self.user,
+            "USER": self.user,
+            **extra,
         }
 
     def app(self):
@@ -266,52 +324,100 @@ class Host:
 
         return App(self.db, self.url)
 
-    def broker(self, *args: str, timeout: float = 60, url: str | None = "same", **extra) -> subprocess.CompletedProcess:
+    def broker(
+        self, *args: str, timeout: float = 60, url: str | None = "same", **extra
+    ) -> subprocess.CompletedProcess:
         env = self.env(**extra)
         if url != "same":
             env["BROKER_LEDGER_URL"] = url
         return subprocess.run(
-            [sys.executable, "-m", "broker", *args], env=child_env(env), capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "broker", *args],
+            env=child_env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
-    def add_leases(self, count: int, *, role: str = "deploy", mount: str = "aws", namespace: str = "",
-                   credential_type: str = "assumed_role", ttl: int = 3600, issued_at: int | None = None,
-                   secret: bytes | None = b"sealed-placeholder", enqueue: bool = True,
-                   issued: list | None = None) -> list[tuple[int, str]]:
+    def add_leases(
+        self,
+        count: int,
+        *,
+        role: str = "deploy",
+        mount: str = "aws",
+        namespace: str = "",
+        credential_type: str = "assumed_role",
+        ttl: int = 3600,
+        issued_at: int | None = None,
+        secret: bytes | None = b"sealed-placeholder",
+        enqueue: bool = True,
+        issued: list | None = None,
+    ) -> list[tuple[int, str]]:
         """Record `count` active leases as credential-process would (outbox entries included), or
         the given `issued` ones (tests.vault_double.Issued: leases the Vault double really holds);
         returns [(row id, lease_id)]. Bulk sqlite3 for speed; the schema comes from broker itself."""
         self.app().engine.dispose()  # creates and migrates the database
         now = int(time.time()) if issued_at is None else issued_at
         sts = credential_type != "iam_user"
-        specs = [(f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}", f"ASIA{token.upper()}",
-                  f"broker-{self.user}-{i}-{token}" if credential_type == "assumed_role" else None)
-                 for i, token in ((i, secrets.token_hex(8)) for i in range(count))]
+        specs = [
+            (
+                f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}",
+                f"ASIA{token.upper()}",
+                f"broker-{self.user}-{i}-{token}" if credential_type == "assumed_role" else None,
+            )
+            for i, token in ((i, secrets.token_hex(8)) for i in range(count))
+        ]
         if issued is not None:
             specs = [(x.lease_id, x.access_key, x.arn.rsplit("/", 1)[1] if x.arn else None) for x in issued]
         rows = []
         for i, (lease_id, access_key_id, session_name) in enumerate(specs):
-            rows.append((
-                lease_id, None, None, "http://127.0.0.1:8200", namespace, mount, role, "sts" if sts else "creds",
-                credential_type, access_key_id, session_name, None, not sts, now - i, None, now - i + ttl, "active",
-                None, None, None, secret, self.name, self.user,
-            ))
+            rows.append(
+                (
+                    lease_id,
+                    None,
+                    None,
+                    "http://127.0.0.1:8200",
+                    namespace,
+                    mount,
+                    role,
+                    "sts" if sts else "creds",
+                    credential_type,
+                    access_key_id,
+                    session_name,
+                    None,
+                    not sts,
+                    now - i,
+                    None,
+                    now - i + ttl,
+                    "active",
+                    None,
+                    None,
+                    None,
+                    secret,
+                    self.name,
+                    self.user,
+                )
+            )
         count = len(rows)
         conn = sqlite3.connect(self.db, timeout=30)
         try:
             with conn:
                 conn.executemany(
-                    "INSERT INTO leases (lease_id, cache_key, profile, vault_addr, namespace, mount, role, endpoint, "
-                    "credential_type, access_key_id, role_session_name, role_arn, renewable, issued_at, renewed_at, "
+                    "INSERT INTO leases (lease_id, cache_key, profile, vault_addr, namespace, mount, role, "
+                    "endpoint, credential_type, access_key_id, role_session_name, role_arn, renewable, "
+                    "issued_at, renewed_at, "
                     "expires_at, state, revoked_at, revoked_by, revoke_error, secret, host, os_user) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-                ids = conn.execute("SELECT id, lease_id FROM leases ORDER BY id DESC LIMIT ?", (count,)).fetchall()
+                ids = conn.execute(
+                    "SELECT id, lease_id FROM leases ORDER BY id DESC LIMIT ?", (count,)
+                ).fetchall()
                 if enqueue:
-                    conn.executemany("INSERT OR REPLACE INTO outbox (lease_row, enqueued_at) VALUES (?, ?)",
-                                     [(row_id, now) for row_id, _ in ids])
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO outbox (lease_row, enqueued_at) VALUES (?, ?)",
+                        [(row_id, now) for row_id, _ in ids],
+                    )
         finally:
             conn.close()
         return sorted(ids)

@@ -1,5 +1,7 @@
 """The fleet ledger end to end: real broker processes, the Vault double + moto, a real PostgreSQL."""
 
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+
 from __future__ import annotations
 
 import json
@@ -54,17 +56,53 @@ def test_a_miss_pushes_in_the_background_and_no_secret_is_shared(tmp_path, pg, f
     wait_for(lambda: shared_count(pg, fleet_db) == 6, timeout=15)
     for host in hosts:
         wait_for(lambda h=host: h.pending() == 0, timeout=10)
-    rows = pg.query(fleet_db, "SELECT host, os_user, role, credential_type, lease_id, db_user FROM fleet_leases")
+    rows = pg.query(
+        fleet_db, "SELECT host, os_user, role, credential_type, lease_id, db_user FROM fleet_leases"
+    )
     assert {(r[0], r[1], r[5]) for r in rows} == {(f"host-{x}", f"user{x}", f"host_{x}") for x in "abc"}
     assert {r[4] for r in rows} == {i.lease_id for i in vault.issued}
     # Dump every table of the shared database and look for the real secret values.
-    dump = subprocess.run(
-        ["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_dump", "-h", pg.dir, "-p", str(pg.port), "-U", "postgres",
-         "--data-only", fleet_db], capture_output=True, text=True, timeout=60, check=True,
-    ).stdout if pg._as_root else subprocess.run(
-        [f"{PG_BIN}/pg_dump", "-h", pg.dir, "-p", str(pg.port), "-U", "postgres", "--data-only", fleet_db],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout
+    dump = (
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                f"{PG_BIN}/pg_dump",
+                "-h",
+                pg.dir,
+                "-p",
+                str(pg.port),
+                "-U",
+                "postgres",
+                "--data-only",
+                fleet_db,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        if pg._as_root
+        else subprocess.run(
+            [
+                f"{PG_BIN}/pg_dump",
+                "-h",
+                pg.dir,
+                "-p",
+                str(pg.port),
+                "-U",
+                "postgres",
+                "--data-only",
+                fleet_db,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert "COPY public.fleet_leases" in dump and hosts[0].name in dump
     for secret in secrets:
         assert secret and secret not in dump
@@ -88,10 +126,16 @@ def test_a_miss_is_not_slowed_by_an_unreachable_or_hung_ledger(tmp_path, pg, fle
                 times[name].append(cred(host, "--no-cache", "--profile", "deploy", url=url)[1])
         assert hung.accepted >= 1  # a background sync did try the hung server
     median = {name: statistics.median(values) for name, values in times.items()}
-    slower = {name: statistics.median(t - n for t, n in zip(times[name], times["none"], strict=True))
-              for name in ("stopped", "hung")}
-    print("credential-process miss medians (s):", {k: round(v, 3) for k, v in median.items()},
-          "median paired difference (s):", {k: round(v, 3) for k, v in slower.items()})
+    slower = {
+        name: statistics.median(t - n for t, n in zip(times[name], times["none"], strict=True))
+        for name in ("stopped", "hung")
+    }
+    print(
+        "credential-process miss medians (s):",
+        {k: round(v, 3) for k, v in median.items()},
+        "median paired difference (s):",
+        {k: round(v, 3) for k, v in slower.items()},
+    )
     assert slower["stopped"] <= 0.100, (median, slower)
     assert slower["hung"] <= 0.100, (median, slower)
     # Every row issued with a ledger URL waits in the outbox; a later sync delivers all of them.
@@ -111,16 +155,19 @@ def test_a_pulled_revocation_makes_the_next_call_issue_anew(tmp_path, pg, fleet_
     wait_for(lambda: shared_count(pg, fleet_db) == 2, timeout=15)
     with pg.superuser(fleet_db) as conn:  # a responder's mark (test_fleet_revoke.py goes through Vault)
         conn.execute("SET ROLE resp_1")
-        conn.execute("UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'oncall@desk' "
-                     "WHERE host = 'host-a'")
+        conn.execute(
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'oncall@desk' "
+            "WHERE host = 'host-a'"
+        )
     assert cred(a, "--profile", "deploy")[0] == first  # not pulled yet: still served from the cache
     result = a.broker("ledger", "sync")
     assert result.returncode == 0 and "pulled 1 revocation" in result.stderr, result.stderr
     fresh, _ = cred(a, "--profile", "deploy")
     assert fresh["AccessKeyId"] != first["AccessKeyId"]
     assert cred(b, "--profile", "deploy")[0] == other
-    assert a.sql("SELECT state, revoked_by, secret FROM leases WHERE access_key_id = ?", (first["AccessKeyId"],)) == [
-        ("revoked", "oncall@desk", None)]
+    assert a.sql(
+        "SELECT state, revoked_by, secret FROM leases WHERE access_key_id = ?", (first["AccessKeyId"],)
+    ) == [("revoked", "oncall@desk", None)]
 
 
 def test_a_cache_hit_never_touches_the_fleet_ledger(tmp_path, pg, fleet_db, hosts):
@@ -129,8 +176,13 @@ def test_a_cache_hit_never_touches_the_fleet_ledger(tmp_path, pg, fleet_db, host
     cred(host, "--profile", "deploy")
     with HungServer() as hung:
         env = child_env(host.env(BROKER_LEDGER_URL=hung.url("host_a", pg.password, fleet_db)))
-        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "broker", "credential-process", "--profile",
-                                 "deploy"], env=env, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "broker", "credential-process", "--profile", "deploy"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
         imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert not {m for m in imported if m.startswith(("psycopg", "broker.fleet", "sqlalchemy", "click"))}

@@ -2,6 +2,8 @@
 privilege, password masking and the shared schema. Leases here are recorded straight into each
 host's local ledger (as credential-process records them); test_fleet_e2e.py goes through Vault."""
 
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+
 from __future__ import annotations
 
 import json
@@ -71,8 +73,10 @@ def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
     assert len(listed(responder, role="ci", mount="aws", state="active")) == 1
     assert listed(responder, state="revoked") == []
     local = a.sql("SELECT lease_id, access_key_id, role_session_name, issued_at, expires_at FROM leases")
-    shared = {(r["lease_id"], r["access_key_id"], r["role_session_name"], r["issued_at"], r["expires_at"])
-              for r in listed(responder, host="host-a")}
+    shared = {
+        (r["lease_id"], r["access_key_id"], r["role_session_name"], r["issued_at"], r["expires_at"])
+        for r in listed(responder, host="host-a")
+    }
     assert shared == set(local)
     # A host reads back only the rows its own login pushed (row-level security).
     assert {r["host"] for r in listed(b.app())} == {"host-b"}
@@ -97,8 +101,12 @@ def test_status_reports_pending_and_last_push(tmp_path, pg, fleet_db, hosts):
     result = a.broker("ledger", "status", "--format", "json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert status == {"url": pg.url("host_a", fleet_db).replace(pg.password, "***"), "revision": fleet.SCHEMA_HEAD,
-                      "pending": 3, "last_push": None}
+    assert status == {
+        "url": pg.url("host_a", fleet_db).replace(pg.password, "***"),
+        "revision": fleet.SCHEMA_HEAD,
+        "pending": 3,
+        "last_push": None,
+    }
     assert a.broker("ledger", "sync", "--quiet").stderr == ""
     status = json.loads(a.broker("ledger", "status", "--format", "json").stdout)
     assert status["pending"] == 0 and status["last_push"].endswith("Z")
@@ -111,8 +119,11 @@ def test_unreachable_ledger_keeps_the_outbox(tmp_path, pg, fleet_db, hosts, serv
     a = hosts[0]
     a.add_leases(2)
     with HungServer() as hung:
-        url = closed_port_url("host_a", pg.password, fleet_db) if server == "stopped" else hung.url(
-            "host_a", pg.password, fleet_db)
+        url = (
+            closed_port_url("host_a", pg.password, fleet_db)
+            if server == "stopped"
+            else hung.url("host_a", pg.password, fleet_db)
+        )
         started = time.monotonic()
         result = a.broker("ledger", "sync", url=url)
         elapsed = time.monotonic() - started
@@ -123,8 +134,12 @@ def test_unreachable_ledger_keeps_the_outbox(tmp_path, pg, fleet_db, hosts, serv
         if server == "stopped":  # (the same connection path: a hung server is covered by sync)
             status = a.broker("ledger", "status", "--format", "json", url=url)
             assert status.returncode == 1
-            assert json.loads(status.stdout) == {"url": url.replace(pg.password, "***"), "revision": None,
-                                                 "pending": 2, "last_push": None}
+            assert json.loads(status.stdout) == {
+                "url": url.replace(pg.password, "***"),
+                "revision": None,
+                "pending": 2,
+                "last_push": None,
+            }
             one_line_error(status, 1)
             assert pg.password not in status.stderr
         else:
@@ -139,8 +154,13 @@ def test_kill_9_during_a_push_loses_and_duplicates_nothing(tmp_path, pg, fleet_d
     a = hosts[0]
     count = 12_000
     a.add_leases(count)
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "ledger", "sync"], env=child_env(a.env()),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "ledger", "sync"],
+        env=child_env(a.env()),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 30
         pushed = 0
@@ -171,29 +191,38 @@ def test_a_pulled_revocation_wipes_the_cached_secret(tmp_path, pg, fleet_db, hos
         assert host.broker("ledger", "sync").returncode == 0
     with pg.superuser(fleet_db) as conn:  # as a responder would mark it (test_fleet_e2e does it for real)
         conn.execute("SET ROLE resp_1")
-        conn.execute("UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'bob@laptop' "
-                     "WHERE lease_id = %s", (lease_a,))
+        conn.execute(
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'bob@laptop' "
+            "WHERE lease_id = %s",
+            (lease_a,),
+        )
     result = a.broker("ledger", "sync")
     assert result.returncode == 0, result.stderr
     assert "pulled 1 revocation" in result.stderr
-    state, revoked_by, secret = a.sql("SELECT state, revoked_by, secret FROM leases WHERE id = ?", (row_a,))[0]
+    state, revoked_by, secret = a.sql("SELECT state, revoked_by, secret FROM leases WHERE id = ?", (row_a,))[
+        0
+    ]
     assert (state, revoked_by, secret) == ("revoked", "bob@laptop", None)
     assert a.sql("SELECT state FROM leases WHERE id = ?", (row_a2,))[0][0] == "active"
     assert b.sql("SELECT count(*) FROM leases WHERE state = 'revoked'")[0][0] == 0
     # The host later pushes an older state (say a renewal recorded before it pulled): it stays revoked.
-    a.sql("UPDATE leases SET state = 'active', revoked_at = NULL, revoked_by = NULL, expires_at = expires_at + 60 "
-          "WHERE id = ?", (row_a,))
+    a.sql(
+        "UPDATE leases SET state = 'active', revoked_at = NULL, revoked_by = NULL, "
+        "expires_at = expires_at + 60 WHERE id = ?",
+        (row_a,),
+    )
     a.sql("INSERT INTO outbox VALUES (?, ?)", (row_a, int(time.time())))
     assert a.broker("ledger", "sync").returncode == 0
-    assert pg.query(fleet_db, "SELECT state, revoked_by FROM fleet_leases WHERE lease_id = %s", (lease_a,)) == [
-        ("revoked", "bob@laptop")]
+    assert pg.query(
+        fleet_db, "SELECT state, revoked_by FROM fleet_leases WHERE lease_id = %s", (lease_a,)
+    ) == [("revoked", "bob@laptop")]
 
 
 def test_least_privilege(tmp_path, pg, fleet_db, hosts):
     import psycopg
 
-    a, b = hosts[0], hosts[1]
-    (_, lease_a), = a.add_leases(1)
+    a = hosts[0]
+    ((_, lease_a),) = a.add_leases(1)
     assert a.broker("ledger", "sync").returncode == 0
 
     def as_role(role, sql, params=()):
@@ -205,9 +234,12 @@ def test_least_privilege(tmp_path, pg, fleet_db, hosts):
     assert as_role("host_b", "UPDATE fleet_leases SET state = 'revoked' WHERE lease_id = %s", (lease_a,)) == 0
     # A host may not claim to be another login, nor touch columns outside its grant.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        as_role("host_b", "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, mount, role, "
-                "credential_type, issued_at, expires_at, host, os_user, db_user) VALUES "
-                "('x', 'AKIAX', 'v', 'aws', 'r', 'iam_user', now(), now(), 'h', 'u', 'host_a')")
+        as_role(
+            "host_b",
+            "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, mount, role, "
+            "credential_type, issued_at, expires_at, host, os_user, db_user) VALUES "
+            "('x', 'AKIAX', 'v', 'aws', 'r', 'iam_user', now(), now(), 'h', 'u', 'host_a')",
+        )
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         as_role("host_a", "UPDATE fleet_leases SET host = 'elsewhere'")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -221,8 +253,11 @@ def test_least_privilege(tmp_path, pg, fleet_db, hosts):
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         as_role("resp_2", "CREATE TABLE public.t (x int)")
     # No broker role is a superuser, and none can create roles or databases.
-    flags = pg.query("postgres", "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
-                     "WHERE rolname IN ('broker_owner', 'host_a', 'resp_1')")
+    flags = pg.query(
+        "postgres",
+        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+        "WHERE rolname IN ('broker_owner', 'host_a', 'resp_1')",
+    )
     assert all(not any(row[1:]) for row in flags) and len(flags) == 3
 
 
@@ -230,9 +265,16 @@ def test_password_never_shown(tmp_path, pg, fleet_db, hosts):
     a = hosts[0]
     a.add_leases(1)
     wrong = pg.url("host_a", fleet_db).replace(pg.password, "Sekr3t-Passw0rd")
-    attempts = [(url, ("-v", "ledger", "sync")) for url in (
-        wrong, closed_port_url("host_a", "Sekr3t-Passw0rd", fleet_db), wrong.replace(f"/{fleet_db}", "/nodb?sslmode=bogus"),
-        "postgresql://host_a:Sekr3t-Passw0rd@[::1", wrong + "?password=Sekr3t-Passw0rd")] + [(wrong, ("ledger", "status"))]
+    attempts = [
+        (url, ("-v", "ledger", "sync"))
+        for url in (
+            wrong,
+            closed_port_url("host_a", "Sekr3t-Passw0rd", fleet_db),
+            wrong.replace(f"/{fleet_db}", "/nodb?sslmode=bogus"),
+            "postgresql://host_a:Sekr3t-Passw0rd@[::1",
+            wrong + "?password=Sekr3t-Passw0rd",
+        )
+    ] + [(wrong, ("ledger", "status"))]
     for url, args in attempts:
         result = a.broker(*args, url=url)
         assert result.returncode != 0
@@ -325,10 +367,13 @@ def test_schema_matches_the_models_and_the_migrations(pg, fleet_db):
 def test_fleet_modules_stay_off_the_miss_and_hit_paths():
     code = (
         "import sys, broker.cli, broker.leases, broker.fastpath;"
-        "bad = [m for m in sys.modules if m.startswith(('psycopg', 'broker.fleet', 'sqlalchemy.dialects.postgresql'))];"
+        "heavy = ('psycopg', 'broker.fleet', 'sqlalchemy.dialects.postgresql');"
+        "bad = [m for m in sys.modules if m.startswith(heavy)];"
         "print(bad)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=30
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -341,13 +386,20 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
     with pg.superuser(fleet_db) as conn:
         conn.execute("SET datestyle = 'SQL, DMY'")  # the session's DateStyle changes nothing
         conn.execute("SET ROLE resp_1")
-        conn.execute("UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
-                     "WHERE lease_id = %s", (odd,))
+        conn.execute(
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
+            "WHERE lease_id = %s",
+            (odd,),
+        )
     responder = responder_app(tmp_path, pg, fleet_db)
     expected = [fleet.iso_row(row) for row in listed(responder)]
-    encoded = [text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch]
+    encoded = [
+        text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch
+    ]
     assert [json.loads(text) for text in encoded] == expected
     assert {r["state"] for r in expected} == {"active", "expired", "revoked"}
     assert [r for r in expected if r["lease_id"] == odd][0]["host"] == 'la"p\\top\u00e9\n'
-    only = [json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b]
+    only = [
+        json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b
+    ]
     assert len(only) == 1 and only[0]["state"] == "expired"

@@ -1,6 +1,8 @@
 """`broker leases --fleet` and `broker revoke --fleet` against a real PostgreSQL, the Vault double and
 moto: every host's leases listed and revoked from one responder's machine, and two responders at once."""
 
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+
 from __future__ import annotations
 
 import collections
@@ -30,8 +32,12 @@ def issue(vault, count: int, role: str = "deploy") -> list:
     with requests.Session() as http:
         http.trust_env = False
         for _ in range(count):
-            reply = http.post(f"{vault.url}/v1/aws/sts/{role}", json={"ttl": "1h"},
-                              headers={"X-Vault-Token": vault.root_token}, timeout=30)
+            reply = http.post(
+                f"{vault.url}/v1/aws/sts/{role}",
+                json={"ttl": "1h"},
+                headers={"X-Vault-Token": vault.root_token},
+                timeout=30,
+            )
             assert reply.status_code == 200, reply.text
     return vault.issued[before:]
 
@@ -50,7 +56,9 @@ def fleet(tmp_path, pg, fleet_db, vault, aws_env):
 
 
 def shared(pg, db, where="true"):
-    return pg.query(db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}")
+    return pg.query(
+        db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}"
+    )
 
 
 def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault):
@@ -60,33 +68,61 @@ def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 12 and list(rows[0]) == [
-        "lease_id", "host", "user", "profile", "mount", "role", "namespace", "credential_type", "access_key_id",
-        "role_session_name", "vault_addr", "issued_at", "expires_at", "state", "revoked_at", "revoked_by"]
+        "lease_id",
+        "host",
+        "user",
+        "profile",
+        "mount",
+        "role",
+        "namespace",
+        "credential_type",
+        "access_key_id",
+        "role_session_name",
+        "vault_addr",
+        "issued_at",
+        "expires_at",
+        "state",
+        "revoked_at",
+        "revoked_by",
+    ]
     by_host = desk.broker("leases", "--fleet", "--host", "host-b", "--role", "deploy", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(by_host.stdout)))
-    assert len(parsed) == 3 and {r["host"] for r in parsed} == {"host-b"} and parsed[0]["issued_at"].endswith("Z")
-    assert len(json.loads(desk.broker("leases", "--fleet", "--user", "userc", "--format", "json").stdout)) == 4
+    assert (
+        len(parsed) == 3
+        and {r["host"] for r in parsed} == {"host-b"}
+        and parsed[0]["issued_at"].endswith("Z")
+    )
+    assert (
+        len(json.loads(desk.broker("leases", "--fleet", "--user", "userc", "--format", "json").stdout)) == 4
+    )
     table = desk.broker("leases", "--fleet", "--state", "active", "--role", "ci")
     assert table.returncode == 0 and table.stdout.count("host-") == 3 and "HOST" in table.stdout
     empty = desk.broker("leases", "--fleet", "--host", "nowhere")
     assert empty.returncode == 0 and empty.stdout == "" and "fleet ledger match" in empty.stderr
     # A host's own login sees its own rows only.
-    assert {r["host"] for r in json.loads(hosts[0].broker("leases", "--fleet", "--format", "json").stdout)} == {
-        "host-a"}
+    assert {
+        r["host"] for r in json.loads(hosts[0].broker("leases", "--fleet", "--format", "json").stdout)
+    } == {"host-a"}
     bad = desk.broker("leases", "--host", "host-a")
     assert bad.returncode == 2 and "--fleet" in bad.stderr
 
     # `revoke --fleet --role deploy`: every host's deploy leases, once each.
     deploy = {row[0] for row in shared(pg, fleet_db, "role = 'deploy'")}
-    dry = desk.broker("revoke", "--fleet", "--role", "deploy", "--dry-run", "--format", "json", **RESPONDER_ENV)
+    dry = desk.broker(
+        "revoke", "--fleet", "--role", "deploy", "--dry-run", "--format", "json", **RESPONDER_ENV
+    )
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["summary"]["would_revoke"] == 9 and not vault.revoke_calls
     table = desk.broker("revoke", "--fleet", "--role", "deploy", "--dry-run", **RESPONDER_ENV)
-    assert table.returncode == 0 and "would revoke" in table.stdout and "WARNING: Vault cannot" in table.stdout
+    assert (
+        table.returncode == 0 and "would revoke" in table.stdout and "WARNING: Vault cannot" in table.stdout
+    )
     refused = desk.broker("revoke", "--fleet", "--role", "deploy", **RESPONDER_ENV)
     assert refused.returncode == 2 and "--yes" in refused.stderr and not vault.revoke_calls
 
-    result = desk.broker("revoke", "--fleet", "--role", "deploy", "--yes", "--format", "json", **RESPONDER_ENV)
+    result = desk.broker(
+        "revoke", "--fleet", "--role", "deploy", "--yes", "--format", "json", **RESPONDER_ENV
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["revoked"] == 9 and report["selector"]["fleet"] is True
@@ -108,22 +144,40 @@ def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault
     assert len(vault.revoke_calls) == 9
     for host in hosts:
         assert host.broker("ledger", "sync").returncode == 0
-        assert host.sql("SELECT state, revoked_by, secret FROM leases WHERE role = 'deploy'") == [
-            ("revoked", "oncall@desk-1", None)] * 3
+        assert (
+            host.sql("SELECT state, revoked_by, secret FROM leases WHERE role = 'deploy'")
+            == [("revoked", "oncall@desk-1", None)] * 3
+        )
         assert host.sql("SELECT state FROM leases WHERE role = 'ci'") == [("active",)]
 
 
 def test_fleet_revoke_by_host_user_and_lease_id(pg, fleet_db, fleet, vault):
     hosts, (desk, _) = fleet
-    by_host = desk.broker("revoke", "--fleet", "--host", "host-b", "--yes", "--format", "json", **RESPONDER_ENV)
+    by_host = desk.broker(
+        "revoke", "--fleet", "--host", "host-b", "--yes", "--format", "json", **RESPONDER_ENV
+    )
     assert json.loads(by_host.stdout)["summary"]["revoked"] == 4
     assert {r[1] for r in shared(pg, fleet_db, "state = 'revoked'")} == {"host-b"}
-    by_user = desk.broker("revoke", "--fleet", "--user", "userc", "--yes", "--format", "json", **RESPONDER_ENV)
+    by_user = desk.broker(
+        "revoke", "--fleet", "--user", "userc", "--yes", "--format", "json", **RESPONDER_ENV
+    )
     assert json.loads(by_user.stdout)["summary"]["revoked"] == 4
     (one,) = [r[0] for r in shared(pg, fleet_db, "host = 'host-a' AND role = 'ci'")]
     revoked_b = shared(pg, fleet_db, "host = 'host-b'")[0][0]
-    ids = desk.broker("revoke", "--fleet", "--lease-id", one, "--lease-id", revoked_b, "--lease-id", "aws/creds/x/nope",
-                      "--yes", "--format", "json", **RESPONDER_ENV)
+    ids = desk.broker(
+        "revoke",
+        "--fleet",
+        "--lease-id",
+        one,
+        "--lease-id",
+        revoked_b,
+        "--lease-id",
+        "aws/creds/x/nope",
+        "--yes",
+        "--format",
+        "json",
+        **RESPONDER_ENV,
+    )
     summary = json.loads(ids.stdout)["summary"]
     assert (summary["revoked"], summary["already_revoked"], summary["not_in_ledger"]) == (1, 1, 1)
     assert collections.Counter(vault.revoke_calls).most_common(1)[0][1] == 1
@@ -136,8 +190,17 @@ def test_fleet_revoke_by_host_user_and_lease_id(pg, fleet_db, fleet, vault):
 def test_partial_failure_keeps_rows_active_and_a_rerun_finishes(pg, fleet_db, fleet, vault):
     hosts, (desk, _) = fleet
     vault.add_token("no-revoke", policies={"creds", "lookup", "renew"})
-    failed = desk.broker("revoke", "--fleet", "--role", "ci", "--yes", "--format", "json",
-                         VAULT_TOKEN="no-revoke", **RESPONDER_ENV)
+    failed = desk.broker(
+        "revoke",
+        "--fleet",
+        "--role",
+        "ci",
+        "--yes",
+        "--format",
+        "json",
+        VAULT_TOKEN="no-revoke",
+        **RESPONDER_ENV,
+    )
     assert failed.returncode == 8, failed.stderr
     assert json.loads(failed.stdout)["summary"]["failed"] == 3
     rows = shared(pg, fleet_db, "role = 'ci'")
@@ -148,7 +211,9 @@ def test_partial_failure_keeps_rows_active_and_a_rerun_finishes(pg, fleet_db, fl
 
 
 def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_db, vault, aws_env):
-    hosts = [Host(tmp_path, f"node-{i}", pg.url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)]
+    hosts = [
+        Host(tmp_path, f"node-{i}", pg.url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)
+    ]
     leases = []
     for host in hosts:
         issued = issue(vault, 20)
@@ -157,19 +222,39 @@ def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_db, v
         assert host.broker("ledger", "sync").returncode == 0
     vault.latency = 0.02  # Vault answers in 20 ms: the two runs overlap
     responders = [Host(tmp_path, f"desk-{n}", pg.url(f"resp_{n}", fleet_db), user="oncall") for n in (1, 2)]
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "broker", "revoke", "--fleet", "--role", "deploy", "--yes", "--format", "json"],
-        env=child_env(desk.env(BROKER_REVOKE_CONCURRENCY="2", **RESPONDER_ENV)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True) for desk in responders]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "revoke",
+                "--fleet",
+                "--role",
+                "deploy",
+                "--yes",
+                "--format",
+                "json",
+            ],
+            env=child_env(desk.env(BROKER_REVOKE_CONCURRENCY="2", **RESPONDER_ENV)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for desk in responders
+    ]
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         reports.append(json.loads(out))
     calls = collections.Counter(call for call in vault.revoke_calls)
-    print(f"two responders: {len(vault.revoke_calls)} revoke calls for {len(leases)} leases, "
-          f"revoked {[r['summary']['revoked'] for r in reports]}, "
-          f"already revoked {[r['summary']['already_revoked'] for r in reports]}")
+    print(
+        f"two responders: {len(vault.revoke_calls)} revoke calls for {len(leases)} leases, "
+        f"revoked {[r['summary']['revoked'] for r in reports]}, "
+        f"already revoked {[r['summary']['already_revoked'] for r in reports]}"
+    )
     assert calls == dict.fromkeys(leases, 1)
     assert sum(vault.revocations[x] for x in leases) == len(leases)
     assert sum(r["summary"]["revoked"] for r in reports) == len(leases)
@@ -189,7 +274,9 @@ def test_a_fleet_revoke_stops_the_next_credential_process_serving(tmp_path, pg, 
         time.sleep(0.05)
     assert host.pending() == 0
     desk = Host(tmp_path, "desk-1", pg.url("resp_1", fleet_db), user="oncall")
-    result = desk.broker("revoke", "--fleet", "--host", "laptop", "--yes", "--format", "json", **RESPONDER_ENV)
+    result = desk.broker(
+        "revoke", "--fleet", "--host", "laptop", "--yes", "--format", "json", **RESPONDER_ENV
+    )
     assert json.loads(result.stdout)["summary"]["revoked"] == 1
     assert host.broker("ledger", "sync").returncode == 0
     second = json.loads(host.broker("credential-process", "--profile", "deploy").stdout)
@@ -201,7 +288,7 @@ def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
 
     host = Host(tmp_path, "runner", pg.url("host_a", fleet_db), user="ci")
     (_, old), *_ = host.add_leases(2, ttl=-120)  # expired, never pushed: prune must keep them until pushed
-    (_, live), = host.add_leases(1)
+    ((_, live),) = host.add_leases(1)
     down = host.broker("prune", url=closed_port_url("host_a", pg.password, fleet_db))
     assert down.returncode == 0, down.stderr
     assert "kept 2 not yet pushed" in down.stdout + down.stderr and "fleet ledger sync skipped" in down.stderr
@@ -212,7 +299,10 @@ def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
     assert {r[0] for r in pg.query(fleet_db, "SELECT lease_id FROM fleet_leases")} >= {old, live}
     with pg.superuser(fleet_db) as conn:
         conn.execute("SET ROLE resp_1")
-        conn.execute("UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
-                     "WHERE lease_id = %s", (live,))
+        conn.execute(
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
+            "WHERE lease_id = %s",
+            (live,),
+        )
     assert host.broker("prune", "--quiet").returncode == 0
     assert host.sql("SELECT lease_id, state, secret FROM leases") == [(live, "revoked", None)]

@@ -38,8 +38,12 @@ class Increment(click.ParamType):
     help="Which leases: expired = active past its end.",
 )
 @format_option()
-@click.option("--fleet", "fleet_wide", is_flag=True,
-              help="List the fleet ledger: every host's leases (needs --ledger-url).")
+@click.option(
+    "--fleet",
+    "fleet_wide",
+    is_flag=True,
+    help="List the fleet ledger: every host's leases (needs --ledger-url).",
+)
 @click.option("--host", metavar="HOST", help="With --fleet: only leases of this host (its BROKER_HOST).")
 @click.option("--user", metavar="USER", help="With --fleet: only leases of this OS user.")
 @pass_app
@@ -52,18 +56,23 @@ def leases_command(app: App, profile, mount, role, state, fmt, fleet_wide, host,
     if fleet_wide:
         from broker import fleet
 
-        selector = fleet.FleetSelector(profile=profile, mount=mount, role=role, host=host, user=user, state=state)
+        selector = fleet.FleetSelector(
+            profile=profile, mount=mount, role=role, host=host, user=user, state=state
+        )
         if fmt == "json":  # each row's JSON text is kept by PostgreSQL: 100,000 rows in well under a second
             count = output.json_array(fleet.json_rows(app, selector))
         else:
             listing = fleet.listing(app, selector, table=fmt == "table")
-            count = output.render(listing.rows, fmt, listing.columns, headers=listing.headers,
-                                  widths=listing.widths)
+            count = output.render(
+                listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths
+            )
     else:
         listing = audit.list_leases(
             app, audit.LeaseFilter(profile=profile, mount=mount, role=role, state=state), table=fmt == "table"
         )
-        count = output.render(listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths)
+        count = output.render(
+            listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths
+        )
     if not count and fmt == "table":
         click.echo(f"no leases in the {'fleet ' if fleet_wide else ''}ledger match", err=True)
 
@@ -107,13 +116,18 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
     show_default=True,
     help="Report format.",
 )
-@click.option("--fleet", "fleet_wide", is_flag=True,
-              help="Revoke in every host's leases, from the fleet ledger (needs --ledger-url).")
+@click.option(
+    "--fleet",
+    "fleet_wide",
+    is_flag=True,
+    help="Revoke in every host's leases, from the fleet ledger (needs --ledger-url).",
+)
 @click.option("--host", metavar="HOST", help="With --fleet: every active lease of this host.")
 @click.option("--user", metavar="USER", help="With --fleet: every active lease of this OS user.")
 @pass_app
-def revoke(app: App, lease_ids, role, mount, profile, all_leases, prefix, dry_run, yes, fmt, fleet_wide, host,
-           user) -> None:
+def revoke(
+    app: App, lease_ids, role, mount, profile, all_leases, prefix, dry_run, yes, fmt, fleet_wide, host, user
+) -> None:
     """Revoke active leases in Vault, mark them revoked and wipe their cached secrets. With --fleet:
     every matching lease of every host in the fleet ledger, through this machine's Vault token."""
     from broker import revoke as revoking
@@ -122,10 +136,13 @@ def revoke(app: App, lease_ids, role, mount, profile, all_leases, prefix, dry_ru
         from broker import fleet
 
         if profile or prefix:
-            raise click.UsageError("--profile and --prefix select local leases; with --fleet use --role, --host, "
-                                   "--user, --lease-id or --all")
-        selector = fleet.FleetRevokeSelector(lease_ids=tuple(lease_ids), role=role, mount=mount, host=host,
-                                             user=user, all=all_leases).validated()
+            raise click.UsageError(
+                "--profile and --prefix select local leases; with --fleet use --role, --host, "
+                "--user, --lease-id or --all"
+            )
+        selector = fleet.FleetRevokeSelector(
+            lease_ids=tuple(lease_ids), role=role, mount=mount, host=host, user=user, all=all_leases
+        ).validated()
         run = fleet.revoke_fleet
     else:
         if host or user:

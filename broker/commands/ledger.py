@@ -24,13 +24,21 @@ def ledger_init(app) -> None:
     if result.before == result.after:
         click.echo(f"fleet ledger {result.url} is already at schema {result.after}", err=True)
     else:
-        click.echo(f"fleet ledger {result.url} upgraded from {result.before or 'empty'} to schema {result.after}",
-                   err=True)
+        click.echo(
+            f"fleet ledger {result.url} upgraded from {result.before or 'empty'} to schema {result.after}",
+            err=True,
+        )
 
 
 @ledger.command(name="status")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @pass_app
 def ledger_status(app, fmt: str) -> None:
     """Show the ledger URL (password masked), its schema revision, rows waiting to be pushed and
@@ -50,8 +58,12 @@ def ledger_status(app, fmt: str) -> None:
 
 @ledger.command(name="sync")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing unless something fails (for cron).")
-@click.option("--background", is_flag=True, hidden=True,
-              help="Run after a miss: skip if another sync runs, at low priority, silently.")
+@click.option(
+    "--background",
+    is_flag=True,
+    hidden=True,
+    help="Run after a miss: skip if another sync runs, at low priority, silently.",
+)
 @pass_app
 def ledger_sync(app, quiet: bool, background: bool) -> None:
     """Push the rows waiting in the outbox and pull revocations of this host's leases.
@@ -62,6 +74,7 @@ def ledger_sync(app, quiet: bool, background: bool) -> None:
     if quiet or background or not result.ran:
         return
     click.echo(
-        f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); {result.pending} pending",
+        f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); "
+        f"{result.pending} pending",
         err=True,
     )
