@@ -20,7 +20,7 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from broker import cache
+from broker import cache, output
 from broker.errors import BrokerError, UsageError
 from broker.execenv import Endpoint
 
@@ -108,7 +108,7 @@ class CredentialServer:
                 log.warning("could not serve credentials for %s: %s", self.request.describe(), exc)
                 return 500, {"Message": " ".join(str(exc).split())}
             self.served += 1
-        log.info("served %s until %s", mask(credential.access_key_id), cache.iso_utc(credential.expires_at))
+        log.info("served %s until %s", output.mask_key(credential.access_key_id), cache.iso_utc(credential.expires_at))
         return 200, container_body(credential)
 
 
@@ -121,10 +121,6 @@ def container_body(credential) -> dict:
         "Token": credential.session_token or "",
         "Expiration": cache.iso_utc(credential.expires_at),
     }
-
-
-def mask(access_key_id: str) -> str:
-    return f"...{access_key_id[-4:]}" if len(access_key_id) > 4 else "..."
 
 
 class _HTTPServer(ThreadingHTTPServer):

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 
-from broker import cache, execenv
+from broker import cache, execenv, output
 from broker.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def exec_with_keys(app, profile: str, command: list[str], *, force: bool) -> int
     """Env mode: put the keys in the environment and become the command."""
     request, credential = prepare(app, profile, force=force)
     env = execenv.child_env(os.environ, profile, region=request.region, keys=credential)
-    log.info("running %s with key ...%s until %s", command[0], credential.access_key_id[-4:],
+    log.info("running %s with key %s until %s", command[0], output.mask_key(credential.access_key_id),
              cache.iso_utc(credential.expires_at))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select, update
 
-from broker import cache, crypto, errors, locks, profiles, settings
+from broker import cache, crypto, errors, locks, output, profiles, settings
 from broker.errors import BrokerError, LeaseNotRecorded, UsageError, VaultError, VaultTimeout
 from broker.models import Intent, Lease, OutboxEntry
 
@@ -280,7 +280,9 @@ def _from_worker(text: str) -> Credential:
     try:
         payload = json.loads(text)
     except ValueError:
-        raise BrokerError("the issuing worker died without an answer; see `broker leases` for what was recorded")
+        raise BrokerError(
+            "the issuing worker died without an answer; see `broker leases` for what was recorded"
+        ) from None
     if "credential" in payload:
         return Credential(**payload["credential"])
     error_class = getattr(errors, payload.get("error", ""), None)
@@ -322,7 +324,7 @@ def issue_and_record(app, request: IssueRequest, *, store_secret: bool) -> Crede
             f"{reason}; {outcome}"
         ) from None
     log.info("issued %s lease %s, %s, until %s", issued.credential_type, issued.lease_id or "(none)",
-             issued.access_key_id, cache.iso_utc(issued.expires_at))
+             output.mask_key(issued.access_key_id), cache.iso_utc(issued.expires_at))
     return Credential(issued.access_key_id, issued.secret_key, issued.session_token, issued.expires_at, row_id)
 
 

@@ -11,6 +11,12 @@ from collections.abc import Iterable
 FORMATS = ("table", "json", "csv")
 
 
+def mask_key(access_key_id: str) -> str:
+    """An access key id for logs: its last four characters. Listings and reports, which audit
+    needs, show it whole; logs do not."""
+    return f"...{access_key_id[-4:]}" if len(access_key_id) > 4 else "..."
+
+
 def render(
     rows: Iterable[dict], fmt: str, columns: list[str], *, headers: dict | None = None, out=None,
     widths: dict | None = None,

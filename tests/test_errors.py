@@ -208,3 +208,12 @@ def test_read_only_database(vault, db_path, immutable):
                           contains="not writable", code=5)
     # a cache hit only reads, and is still served
     assert credential("--mount", "aws", "--role", "ci")["AccessKeyId"] == vault.issued[-1].access_key
+
+
+def test_a_read_timeout_on_issuance_is_not_retried(vault, monkeypatch):
+    """Each retry of creds/ would mint another IAM user: a timed-out issuance is asked once."""
+    monkeypatch.setenv("BROKER_VAULT_TIMEOUT", "1")
+    vault.inject_fault("hang", count=5)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "ci", timeout=30)
+    assert_one_line_error(result, contains="not retried", code=4)
+    assert [path for _method, path in vault.requests if "/creds/" in path] == ["/v1/aws/creds/ci"]

@@ -184,3 +184,9 @@ def test_mount_validation_property(mount):
         return
     assert all(seg not in ("", ".", "..") for seg in cleaned.split("/"))
     assert cleaned.isascii() and " " not in cleaned
+
+
+def test_logs_show_access_key_ids_masked(vault):
+    result = run_broker("-v", "credential-process", "--mount", "aws", "--role", "deploy")
+    key = vault.issued[-1].access_key
+    assert key not in result.stderr and f"...{key[-4:]}" in result.stderr
