@@ -160,9 +160,7 @@ def _stream(app, lease_filter: LeaseFilter, now: int, *, table: bool) -> Iterato
 
 def _table_widths(app, lease_filter: LeaseFilter, now: int) -> dict:
     text_columns = [c for c in PUBLIC_COLUMNS if c not in TIME_COLUMNS and c != "state"]
-    query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(
-        lease_filter.where(now)
-    )
+    query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(lease_filter.where(now))
     with app.transaction(read_only=True) as session:
         maxima = session.execute(query).one()
     widths = {c: max(1, m or 0) for c, m in zip(text_columns, maxima, strict=True)}

@@ -63,7 +63,10 @@ def broker_argv() -> list[str]:
     """How to run this broker again: the script it was started as, else `broker` on PATH, else
     this interpreter with `-m broker` (also when it was started that way)."""
     argv0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(argv0) == "__main__.py" and os.path.basename(os.path.dirname(os.path.abspath(argv0))) == "broker":
+    if (
+        os.path.basename(argv0) == "__main__.py"
+        and os.path.basename(os.path.dirname(os.path.abspath(argv0))) == "broker"
+    ):
         return [sys.executable, "-m", "broker"]
     if os.path.basename(argv0).startswith("broker") and os.path.isfile(argv0) and os.access(argv0, os.X_OK):
         return [os.path.abspath(argv0)]
@@ -150,7 +153,12 @@ def _entries(lines: list[str], section: _Section) -> list[tuple[str, int, int]]:
         match = _KEY.match(text)
         if match:
             j = i + 1
-            while j < section.end and lines[j][:1] in (" ", "\t") and lines[j].strip() and not lines[j].lstrip().startswith(("#", ";")):
+            while (
+                j < section.end
+                and lines[j][:1] in (" ", "\t")
+                and lines[j].strip()
+                and not lines[j].lstrip().startswith(("#", ";"))
+            ):
                 j += 1
             entries.append((match.group(1).lower(), i, j))
             i = j
@@ -185,7 +193,7 @@ def set_keys(text: str, profile: str, values: dict[str, str]) -> str:
             continue
         new = [] if key in done else [f"{key} = {values[key]}"]
         done.add(key)
-        if new and lines[first:end] == [new[0] + lines[first][len(lines[first].rstrip("\r\n")):]]:
+        if new and lines[first:end] == [new[0] + lines[first][len(lines[first].rstrip("\r\n")) :]]:
             continue  # already exactly this
         edits.append((first, end, new))
     missing = [key for key in values if key not in done]
@@ -197,7 +205,7 @@ def set_keys(text: str, profile: str, values: dict[str, str]) -> str:
     if not lines[-1].endswith("\n"):
         lines[-1] += nl
     for first, end, new in sorted(edits, key=lambda e: e[0], reverse=True):
-        ending = lines[first][len(lines[first].rstrip("\r\n")):] if first < len(lines) else nl
+        ending = lines[first][len(lines[first].rstrip("\r\n")) :] if first < len(lines) else nl
         lines[first:end] = [line + (ending or nl) for line in new]
     return "".join(lines)
 
@@ -211,8 +219,11 @@ def unset_broker(text: str, profile: str) -> tuple[str, str]:
     if section is None:
         return text, "absent"
     entries = _entries(lines, section)
-    ours = [(first, end) for key, first, end in entries
-            if key == "credential_process" and is_ours(_value(lines[first:end]), profile)]
+    ours = [
+        (first, end)
+        for key, first, end in entries
+        if key == "credential_process" and is_ours(_value(lines[first:end]), profile)
+    ]
     theirs = [e for e in entries if e[0] == "credential_process" and (e[1], e[2]) not in ours]
     if not ours or theirs:
         return text, "kept"
@@ -258,7 +269,9 @@ def remove_profile(profile: str, db_path: str | None = None) -> Change:
     try:
         return _edit(profile, lambda text: unset_broker(text, profile), db_path, create=False)
     except BrokerError as exc:
-        raise type(exc)(f"{exc} (profile {profile} itself is removed; delete [{section_name(profile)}] by hand)") from None
+        raise type(exc)(
+            f"{exc} (profile {profile} itself is removed; delete [{section_name(profile)}] by hand)"
+        ) from None
 
 
 def _edit(profile: str, change, db_path: str | None, *, create: bool = True) -> Change:

@@ -23,8 +23,7 @@ REQUEST_FIELDS = ("mount", "role", "namespace", "ttl", "role_arn", "role_session
 
 SCHEMA_QUERY = "SELECT version_num FROM alembic_version"
 PROFILE_QUERY = (
-    "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type "
-    "FROM profiles WHERE name = ?"
+    "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type FROM profiles WHERE name = ?"
 )
 HIT_QUERY = (
     "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at FROM leases "

@@ -36,7 +36,11 @@ CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", 
 
 def format_option(default: str = "table"):
     return click.option(
-        "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=default, show_default=True,
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default=default,
+        show_default=True,
         help="Output format.",
     )
 
@@ -45,11 +49,16 @@ def request_options(fn):
     """Flags that shape a credential request (a profile's defaults, or an ad-hoc request)."""
     for option in reversed(
         [
-            click.option("--ttl", type=DURATION, help="Credential lifetime for STS types, e.g. 15m, 1h (900s minimum in AWS)."),
+            click.option(
+                "--ttl", type=DURATION, help="Credential lifetime for STS types, e.g. 15m, 1h (900s minimum in AWS)."
+            ),
             click.option("--role-arn", help="The AWS role to assume (assumed_role roles with several ARNs)."),
             click.option("--role-session-name", help="Fixed session name (default: a unique name per issuance)."),
-            click.option("--credential-type", type=CREDENTIAL_TYPE,
-                         help="The Vault role's credential type, when known (default: read from Vault's answer)."),
+            click.option(
+                "--credential-type",
+                type=CREDENTIAL_TYPE,
+                help="The Vault role's credential type, when known (default: read from Vault's answer).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -67,7 +76,12 @@ def _configure_logging(verbosity: int) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="broker")
-@click.option("--db", "db_option", metavar="PATH", help="Ledger database (env BROKER_DB; default ~/.local/share/broker/broker.db).")
+@click.option(
+    "--db",
+    "db_option",
+    metavar="PATH",
+    help="Ledger database (env BROKER_DB; default ~/.local/share/broker/broker.db).",
+)
 @click.option("--ledger-url", metavar="URL", help="Fleet ledger, a PostgreSQL URL (env BROKER_LEDGER_URL).")
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-vv for debug). Never logs a secret.")
 @click.pass_context
@@ -90,8 +104,14 @@ def credential_process(app: App, profile, mount, role, ttl, role_arn, role_sessi
 
     if profile and (mount or role):
         raise click.UsageError("give either --profile or --mount/--role, not both")
-    flags = dict(mount=mount, role=role, ttl=ttl, role_arn=role_arn, role_session_name=role_session_name,
-                 credential_type=credential_type)
+    flags = dict(
+        mount=mount,
+        role=role,
+        ttl=ttl,
+        role_arn=role_arn,
+        role_session_name=role_session_name,
+        credential_type=credential_type,
+    )
     request = leases.build_request(app, profile, flags)
     credential = leases.obtain(app, request, use_cache=not no_cache)
     click.echo(credential.process_json())
@@ -126,17 +146,28 @@ def profile() -> None:
 @request_options
 @click.option("--region", help="AWS region for this profile (used by exec and the AWS config).")
 @click.option("--namespace", help="Vault namespace (overrides VAULT_NAMESPACE).")
-@click.option("--write-aws-config", is_flag=True,
-              help="Also write [profile NAME] with credential_process (and region) to AWS_CONFIG_FILE or ~/.aws/config.")
+@click.option(
+    "--write-aws-config",
+    is_flag=True,
+    help="Also write [profile NAME] with credential_process (and region) to AWS_CONFIG_FILE or ~/.aws/config.",
+)
 @pass_app
-def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, credential_type, region, namespace,
-                write_aws_config):
+def profile_add(
+    app: App, name, mount, role, ttl, role_arn, role_session_name, credential_type, region, namespace, write_aws_config
+):
     """Add or replace the profile NAME."""
     from broker import profiles
 
     spec = profiles.ProfileSpec(
-        name=name, mount=mount, role=role, namespace=namespace, ttl=ttl, role_arn=role_arn,
-        role_session_name=role_session_name, credential_type=credential_type, region=region,
+        name=name,
+        mount=mount,
+        role=role,
+        namespace=namespace,
+        ttl=ttl,
+        role_arn=role_arn,
+        role_session_name=role_session_name,
+        credential_type=credential_type,
+        region=region,
     )
     with app.transaction() as session:
         created = profiles.add(session, spec)
@@ -150,7 +181,17 @@ def profile_add(app: App, name, mount, role, ttl, role_arn, role_session_name, c
         click.echo(change.describe(name), err=True)
 
 
-PROFILE_COLUMNS = ["name", "mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type", "region"]
+PROFILE_COLUMNS = [
+    "name",
+    "mount",
+    "role",
+    "namespace",
+    "ttl",
+    "role_arn",
+    "role_session_name",
+    "credential_type",
+    "region",
+]
 
 
 @profile.command(name="list")
@@ -177,9 +218,7 @@ def profile_list(app: App, fmt: str) -> None:
 def profile_remove(app: App, name: str) -> None:
     """Remove the profile NAME (its leases stay in the ledger), and the [profile NAME] section
     `profile add --write-aws-config` wrote, if it is still broker's."""
-    from broker import profiles
-
-    from broker import awsconfig
+    from broker import awsconfig, profiles
 
     with app.transaction() as session:
         profiles.remove(session, name)
@@ -229,6 +268,7 @@ def run(args: list[str]) -> int:
     except Exception as exc:  # the last resort: one line, unless asked for the traceback
         if os.environ.get("BROKER_DEBUG"):
             raise
-        click.echo(f"broker: internal error: {type(exc).__name__}: {_one_line(exc)} (BROKER_DEBUG=1 shows more)",
-                   err=True)
+        click.echo(
+            f"broker: internal error: {type(exc).__name__}: {_one_line(exc)} (BROKER_DEBUG=1 shows more)", err=True
+        )
         return 1

@@ -95,11 +95,13 @@ def session_duration(credential_type: str, expires_at: int, now: float) -> int |
 
 def signin_url(credential, credential_type: str, *, federation_url: str, region: str | None, path: str | None) -> str:
     """Ask the federation endpoint for a sign-in token and build the login URL."""
-    session = json.dumps({
-        "sessionId": credential.access_key_id,
-        "sessionKey": credential.secret_key,
-        "sessionToken": credential.session_token or "",
-    })
+    session = json.dumps(
+        {
+            "sessionId": credential.access_key_id,
+            "sessionKey": credential.secret_key,
+            "sessionToken": credential.session_token or "",
+        }
+    )
     query = {"Action": "getSigninToken", "Session": session}
     duration = session_duration(credential_type, credential.expires_at, time.time())
     if duration:
@@ -111,12 +113,17 @@ def signin_url(credential, credential_type: str, *, federation_url: str, region:
 
 def _get_signin_token(federation_url: str, query: str) -> str:
     where = urllib.parse.urlsplit(federation_url).netloc
-    request = urllib.request.Request(f"{federation_url}?{query}", headers={"Accept": "application/json"})
+    # the URL is https by default; --federation-url is the user's own choice (tests use loopback)
+    request = urllib.request.Request(f"{federation_url}?{query}", headers={"Accept": "application/json"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 - checked scheme
             body = response.read(65536)
     except urllib.error.HTTPError as exc:
-        hint = " (the credentials were refused: expired, or not from AssumeRole/GetFederationToken)" if exc.code in (400, 401, 403) else ""
+        hint = (
+            " (the credentials were refused: expired, or not from AssumeRole/GetFederationToken)"
+            if exc.code in (400, 401, 403)
+            else ""
+        )
         raise SignInRefused(f"the federation endpoint {where} answered {exc.code} to getSigninToken{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -161,6 +168,7 @@ def _recorded_type(app, credential) -> str | None:
 
 def _cannot_sign_in(profile: str, credential_type: str | None) -> UsageError:
     return UsageError(
-        f"profile {profile!r} gets {credential_type or 'unknown'} credentials, which cannot sign in to the AWS console; "
+        f"profile {profile!r} gets {credential_type or 'unknown'} credentials, "
+        "which cannot sign in to the AWS console; "
         f"console sign-in needs {' or '.join(SIGNIN_TYPES)} credentials (a Vault role of one of those types)"
     )

@@ -67,7 +67,10 @@ class CredentialServer:
         self._httpd = httpd
         self.port = httpd.server_address[1]
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name=f"broker-credserver-{self.port}", daemon=True
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"broker-credserver-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         log.info("credential endpoint for %s listening on %s", self.request.describe(), self.url)
@@ -93,7 +96,7 @@ class CredentialServer:
     def authorized(self, header: str | None) -> bool:
         if not header:
             return False
-        presented = header[len("Bearer "):] if header.startswith("Bearer ") else header
+        presented = header[len("Bearer ") :] if header.startswith("Bearer ") else header
         return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.token.encode())
 
     def answer(self) -> tuple[int, dict]:

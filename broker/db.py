@@ -70,15 +70,15 @@ def check_permissions(path: str, what: str, wanted: int) -> None:
     if info.st_uid != os.getuid():
         raise UnsafePermissions(f"{what} {path} is owned by another user (uid {info.st_uid}); use your own --db path")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafePermissions(
-            f"{what} {path} is writable by group or others; fix it with: chmod {wanted:o} {path}"
-        )
+        raise UnsafePermissions(f"{what} {path} is writable by group or others; fix it with: chmod {wanted:o} {path}")
 
 
 def _translate(exc: BaseException, path: str) -> BrokerError:
     message = str(getattr(exc, "orig", exc)).lower()
     if "locked" in message or "busy" in message:
-        return DatabaseLocked(f"database {path} stayed locked by another process for {BUSY_TIMEOUT_SECONDS:g}s; try again")
+        return DatabaseLocked(
+            f"database {path} stayed locked by another process for {BUSY_TIMEOUT_SECONDS:g}s; try again"
+        )
     if "not a database" in message or "malformed" in message or "corrupt" in message:
         return DatabaseCorrupt(
             f"database {path} is not a broker database or is damaged; move it aside and broker will start a new one"
@@ -179,7 +179,10 @@ def migrations_dir() -> str:
     import broker
 
     package_dir = os.path.dirname(os.path.abspath(broker.__file__))
-    for candidate in (os.path.join(package_dir, "migrations"), os.path.join(os.path.dirname(package_dir), "migrations")):
+    for candidate in (
+        os.path.join(package_dir, "migrations"),
+        os.path.join(os.path.dirname(package_dir), "migrations"),
+    ):
         if os.path.isfile(os.path.join(candidate, "env.py")):
             return candidate
     raise BrokerError("broker's migration scripts are missing from this installation; reinstall broker")

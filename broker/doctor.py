@@ -45,15 +45,24 @@ def run_checks(app) -> list[Check]:
 def _check_vault(checks: list[Check]):
     from broker.vault import Vault, VaultSettings
 
-    source = "VAULT_AGENT_ADDR" if os.environ.get("VAULT_AGENT_ADDR") else "VAULT_ADDR" if os.environ.get("VAULT_ADDR") else "default"
+    source = (
+        "VAULT_AGENT_ADDR"
+        if os.environ.get("VAULT_AGENT_ADDR")
+        else "VAULT_ADDR"
+        if os.environ.get("VAULT_ADDR")
+        else "default"
+    )
     try:
         vault_settings = VaultSettings.from_env()
     except BrokerError as exc:
         checks.append(Check(FAIL, f"vault address: {exc}"))
         return None
     token_source = (
-        "VAULT_TOKEN" if os.environ.get("VAULT_TOKEN", "").strip()
-        else "~/.vault-token" if vault_settings.token else "none (a Vault Agent's auto-auth)"
+        "VAULT_TOKEN"
+        if os.environ.get("VAULT_TOKEN", "").strip()
+        else "~/.vault-token"
+        if vault_settings.token
+        else "none (a Vault Agent's auto-auth)"
     )
     checks.append(Check(OK, f"vault address: {vault_settings.addr} (from {source}); token from {token_source}"))
     vault = Vault(vault_settings)
@@ -61,8 +70,13 @@ def _check_vault(checks: list[Check]):
         data = vault.lookup_self()
     except VaultDenied:
         checks.append(Check(OK, f"vault reachable at {vault_settings.addr}"))
-        checks.append(Check(FAIL, "vault token: denied by auth/token/lookup-self (403): it is invalid or expired; "
-                                  "log in again (vault login) or set VAULT_TOKEN"))
+        checks.append(
+            Check(
+                FAIL,
+                "vault token: denied by auth/token/lookup-self (403): it is invalid or expired; "
+                "log in again (vault login) or set VAULT_TOKEN",
+            )
+        )
         return None
     except BrokerError as exc:
         checks.append(Check(FAIL, f"vault reachable: {exc}"))
@@ -84,8 +98,11 @@ def _token_check(data: dict) -> Check:
     left = durations.format_duration(ttl)
     renewable = "renewable" if data.get("renewable") else "not renewable"
     if ttl < SHORT_TOKEN_SECONDS:
-        return Check(WARN, f"vault token: expires in {left} ({renewable}); renew it (vault token renew) or log in again; "
-                           f"policies: {shown}")
+        return Check(
+            WARN,
+            f"vault token: expires in {left} ({renewable}); renew it (vault token renew) or log in again; "
+            f"policies: {shown}",
+        )
     return Check(OK, f"vault token: ttl {left} ({renewable}); policies: {shown}")
 
 
@@ -109,7 +126,9 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
     if os.path.isdir(path):
         checks.append(Check(FAIL, f"database: {path} is a directory; give a file path with --db or BROKER_DB"))
         return None
-    problems = [p for p in (_mode_problem(directory, os.stat(directory), 0o700), _mode_problem(path, os.stat(path), 0o600)) if p]
+    problems = [
+        p for p in (_mode_problem(directory, os.stat(directory), 0o700), _mode_problem(path, os.stat(path), 0o600)) if p
+    ]
     if problems:
         checks.append(Check(FAIL, f"database permissions: {'; '.join(problems)}"))
     elif not os.access(path, os.R_OK | os.W_OK) or not os.access(directory, os.W_OK | os.X_OK):
@@ -138,7 +157,9 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
             return None
         checks.append(Check(OK, f"database schema: revision {revision} (current)"))
         checks.append(_interrupted_issuances(conn))
-        return conn.execute("SELECT name, mount, role, namespace, credential_type FROM profiles ORDER BY name").fetchall()
+        return conn.execute(
+            "SELECT name, mount, role, namespace, credential_type FROM profiles ORDER BY name"
+        ).fetchall()
     except sqlite3.DatabaseError as exc:
         checks.append(Check(FAIL, f"database schema: cannot read {path}: {exc}"))
         return None
@@ -187,10 +208,15 @@ def _revision_check(revision: str) -> Check:
     except (ImportError, BrokerError):
         known = set()
     if revision in known:
-        return Check(WARN, f"database schema: revision {revision}, older than {cache.SCHEMA_HEAD}; "
-                           f"migrated (with a backup) on next use")
-    return Check(FAIL, f"database schema: revision {revision} is newer than this broker knows ({cache.SCHEMA_HEAD}); "
-                       f"upgrade broker")
+        return Check(
+            WARN,
+            f"database schema: revision {revision}, older than {cache.SCHEMA_HEAD}; "
+            f"migrated (with a backup) on next use",
+        )
+    return Check(
+        FAIL,
+        f"database schema: revision {revision} is newer than this broker knows ({cache.SCHEMA_HEAD}); upgrade broker",
+    )
 
 
 def _check_key(checks: list[Check]) -> None:
@@ -203,7 +229,9 @@ def _check_key(checks: list[Check]) -> None:
         elif kind == "keyring":
             found = crypto.load_key(create=False)
             if found is None:
-                checks.append(Check(WARN, f"encryption key: none in the OS keyring ({where}) yet; created at the first issuance"))
+                checks.append(
+                    Check(WARN, f"encryption key: none in the OS keyring ({where}) yet; created at the first issuance")
+                )
             else:
                 checks.append(Check(OK, f"encryption key: in the OS keyring ({where})"))
         else:
@@ -240,8 +268,9 @@ def _check_profiles(vault, rows: list[tuple] | None, checks: list[Check]) -> Non
         checks.append(Check(WARN, "profiles: none yet; add one with `broker profile add NAME --mount M --role R`"))
         return
     for name, mount, role, namespace, credential_type in rows:
-        what = f"profile {name}: {mount}/roles/{role}" + (f" in namespace {settings.vault_namespace(namespace)}"
-                                                          if settings.vault_namespace(namespace) else "")
+        what = f"profile {name}: {mount}/roles/{role}" + (
+            f" in namespace {settings.vault_namespace(namespace)}" if settings.vault_namespace(namespace) else ""
+        )
         if vault is None:
             checks.append(Check(WARN, f"{what}: not checked (Vault is not usable)"))
             continue

@@ -44,8 +44,7 @@ def parse_ttl(text: str, *, minimum: int = 1, maximum: int = 36 * 3600) -> int:
     seconds = parse_duration(text)
     if not minimum <= seconds <= maximum:
         raise DurationError(
-            f"duration {text!r} is out of range: give between {format_duration(minimum)} "
-            f"and {format_duration(maximum)}"
+            f"duration {text!r} is out of range: give between {format_duration(minimum)} and {format_duration(maximum)}"
         )
     return seconds
 

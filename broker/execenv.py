@@ -20,7 +20,7 @@ PROFILE_VAR = "BROKER_PROFILE"
 
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 CONTAINER_URI_VAR = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-CONTAINER_TOKEN_VAR = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+CONTAINER_TOKEN_VAR = "AWS_CONTAINER_AUTHORIZATION_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 REMOVED_VARS = (
     "AWS_ACCESS_KEY_ID",
@@ -111,9 +111,15 @@ EXPORT_FORMATS = ("env", "json", "ini")
 def render_export(keys: Keys, fmt: str, *, profile: str, region: str | None = None) -> str:
     """The text `broker export` prints (ending in a newline)."""
     if fmt == "json":
-        return cache.render_process_json(keys.access_key_id, keys.secret_key, keys.session_token, keys.expires_at) + "\n"
+        return (
+            cache.render_process_json(keys.access_key_id, keys.secret_key, keys.session_token, keys.expires_at) + "\n"
+        )
     if fmt == "ini":
-        lines = [f"[{profile}]", f"aws_access_key_id = {keys.access_key_id}", f"aws_secret_access_key = {keys.secret_key}"]
+        lines = [
+            f"[{profile}]",
+            f"aws_access_key_id = {keys.access_key_id}",
+            f"aws_secret_access_key = {keys.secret_key}",
+        ]
         if keys.session_token:
             lines.append(f"aws_session_token = {keys.session_token}")
         return "\n".join(lines) + "\n"

@@ -183,13 +183,11 @@ class FleetLedger:
         reason = self._reason(exc)
         if sqlstate == "42501":
             return FleetDenied(
-                f"the fleet ledger {self.masked} denied {what}: {reason}; "
-                f"check this role's GRANTs (see the README)"
+                f"the fleet ledger {self.masked} denied {what}: {reason}; check this role's GRANTs (see the README)"
             )
         if sqlstate == "42P01":
             return FleetSchemaMismatch(
-                f"the fleet ledger {self.masked} has no broker tables; "
-                f"run `broker ledger init` as the database owner"
+                f"the fleet ledger {self.masked} has no broker tables; run `broker ledger init` as the database owner"
             )
         if sqlstate in ("57014", "55P03"):
             return FleetUnreachable(f"the fleet ledger {self.masked} timed out during {what}: {reason}")
@@ -283,9 +281,7 @@ def fleet_migrations_dir() -> str:
 
     path = os.path.join(db.migrations_dir(), "fleet")
     if not os.path.isfile(os.path.join(path, "env.py")):
-        raise BrokerError(
-            "broker's fleet migration scripts are missing from this installation; reinstall broker"
-        )
+        raise BrokerError("broker's fleet migration scripts are missing from this installation; reinstall broker")
     return path
 
 
@@ -306,9 +302,7 @@ def init_schema(raw_url: str) -> InitResult:
             config = Config()
             config.set_main_option("script_location", fleet_migrations_dir().replace("%", "%%"))
             config.attributes["connection"] = conn
-            log.info(
-                "upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD
-            )
+            log.info("upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD)
             command.upgrade(config, "head")
         return InitResult(ledger.masked, before, SCHEMA_HEAD)
     finally:
@@ -496,9 +490,7 @@ def pull(app, ledger: FleetLedger) -> int:
 
     with app.transaction(read_only=True) as session:
         local = session.execute(
-            select(Lease.id, Lease.lease_id, Lease.access_key_id).where(
-                Lease.state == "active", Lease.lease_id != ""
-            )
+            select(Lease.id, Lease.lease_id, Lease.access_key_id).where(Lease.state == "active", Lease.lease_id != "")
         ).all()
     by_key = {(lease_id, akid): row_id for row_id, lease_id, akid in local}
     keys = list(by_key)
@@ -523,9 +515,7 @@ def pull(app, ledger: FleetLedger) -> int:
                     .where(Lease.id == row_id, Lease.state == "active")
                     .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None)
                 )
-        log.info(
-            "marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked)
-        )
+        log.info("marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked))
     with app.transaction() as session:
         session.merge(Setting(key=LAST_PULL_KEY, value=str(int(time.time()))))
     return len(revoked)
@@ -739,11 +729,7 @@ def json_rows(app, selector: FleetSelector, *, batch_size: int = 2_000) -> Itera
         (expired, func.replace(t.c.listing_json, '"state": "active"', '"state": "expired"')),
         else_=t.c.listing_json,
     )
-    query = (
-        select(text)
-        .where(*_where(t, selector, func.now()))
-        .order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
-    )
+    query = select(text).where(*_where(t, selector, func.now())).order_by(t.c.issued_at.desc(), t.c.lease_id.desc())
     try:
         with ledger.begin("listing leases") as conn:
             compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
@@ -875,8 +861,7 @@ class FleetRevokeSelector:
         kinds = [bool(self.lease_ids), bool(self.role), bool(self.host), bool(self.user), self.all]
         if sum(kinds) != 1 or (self.mount and not self.role):
             raise UsageError(
-                "say which fleet leases: --role R [--mount M], --host H, --user U, "
-                "--lease-id ID (repeatable) or --all"
+                "say which fleet leases: --role R [--mount M], --host H, --user U, --lease-id ID (repeatable) or --all"
             )
         if any(not lease_id.strip() for lease_id in self.lease_ids):
             raise UsageError("--lease-id needs a non-empty lease id")
@@ -959,9 +944,7 @@ _TARGET_FIELDS = (
 def _target_query(t, where, *, lock: str | None = None, limit: int | None = None, after=None):
     from sqlalchemy import tuple_
 
-    query = select(
-        *[(_epoch(t.c[n]).label(n) if n in TIME_COLUMNS else t.c[n]) for n in _TARGET_FIELDS]
-    ).where(*where)
+    query = select(*[(_epoch(t.c[n]).label(n) if n in TIME_COLUMNS else t.c[n]) for n in _TARGET_FIELDS]).where(*where)
     if after is not None:
         query = query.where(tuple_(t.c.lease_id, t.c.access_key_id) > tuple_(*after))
     query = query.order_by(t.c.lease_id, t.c.access_key_id)
@@ -1005,11 +988,7 @@ def _mark(conn, results, revoked_by: str) -> None:
 
     t = FleetLease.__table__
     key = (t.c.lease_id == bindparam("k_lease"), t.c.access_key_id == bindparam("k_akid"))
-    done = [
-        {"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id, "at": _utc(r.at)}
-        for r in results
-        if r.ok
-    ]
+    done = [{"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id, "at": _utc(r.at)} for r in results if r.ok]
     failed = [
         {
             "k_lease": r.target.lease_id,
@@ -1027,9 +1006,7 @@ def _mark(conn, results, revoked_by: str) -> None:
             done,
         )
     if failed:
-        conn.execute(
-            update(t).where(*key, t.c.state == "active").values(revoke_error=bindparam("error")), failed
-        )
+        conn.execute(update(t).where(*key, t.c.state == "active").values(revoke_error=bindparam("error")), failed)
 
 
 def revoke_fleet(
@@ -1070,9 +1047,7 @@ def revoke_fleet(
         if selector.lease_ids:
             known = {target.lease_id for target in listed_rows}
             for target in listed_rows:
-                if target.state in ("revoked", "expired") and target.lease_id not in {
-                    p.lease_id for p in planned
-                }:
+                if target.state in ("revoked", "expired") and target.lease_id not in {p.lease_id for p in planned}:
                     outcome = "already_revoked" if target.state == "revoked" else "expired"
                     report.results.append(revoking.Result(target, True, outcome, None, now))
             unknown = [
@@ -1177,9 +1152,7 @@ def _revoke_claimed(ledger, t, active_where, report, make_vault, workers, by, ad
                 if phase == "skip":
                     after = (claimed[-1].lease_id, claimed[-1].access_key_id)
                 attempted.update((x.lease_id, x.access_key_id) for x in claimed)
-                results = [
-                    _fleet_outcome(revoking._without_lease(x, int(now))) for x in claimed if not x.lease_id
-                ]
+                results = [_fleet_outcome(revoking._without_lease(x, int(now))) for x in claimed if not x.lease_id]
 
                 def on_result(batch: list, results: list = results) -> None:
                     results.extend(_fleet_outcome(r) for r in batch)
@@ -1187,9 +1160,7 @@ def _revoke_claimed(ledger, t, active_where, report, make_vault, workers, by, ad
                         tick(len(batch))
 
                 try:
-                    revoking.revoke_targets(
-                        [x for x in claimed if x.lease_id], make_vault, workers, on_result
-                    )
+                    revoking.revoke_targets([x for x in claimed if x.lease_id], make_vault, workers, on_result)
                 finally:  # even when interrupted: what Vault revoked is marked and committed
                     _mark(conn, results, by)
                     transaction.commit()

@@ -51,12 +51,16 @@ def exec_with_keys(app, profile: str, command: list[str], *, force: bool) -> int
     """Env mode: put the keys in the environment and become the command."""
     request, credential = prepare(app, profile, force=force)
     env = execenv.child_env(os.environ, profile, region=request.region, keys=credential)
-    log.info("running %s with key %s until %s", command[0], output.mask_key(credential.access_key_id),
-             cache.iso_utc(credential.expires_at))
+    log.info(
+        "running %s with key %s until %s",
+        command[0],
+        output.mask_key(credential.access_key_id),
+        cache.iso_utc(credential.expires_at),
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe(command[0], command, env)
+        os.execvpe(command[0], command, env)  # noqa: S606 - running the user's command is the point
     except OSError as exc:
         raise _exec_error(command[0], exc) from None
     return 0  # not reached
@@ -93,12 +97,18 @@ def serve(app, profile: str, port: int, out) -> int:
         with CredentialServer(app, request, port=port) as server:
             out.write(execenv.render_endpoint_exports(server.endpoint))
             out.flush()
-            print(f"broker: serving credentials for profile {profile} at {server.url}; "
-                  f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
+            print(
+                f"broker: serving credentials for profile {profile} at {server.url}; stop with Ctrl-C or SIGTERM",
+                file=sys.stderr,
+                flush=True,
+            )
             while not stop.wait(1.0):
                 pass
-        print(f"broker: stopped serving profile {profile} after {server.served} credential requests",
-              file=sys.stderr, flush=True)
+        print(
+            f"broker: stopped serving profile {profile} after {server.served} credential requests",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -160,8 +160,14 @@ def renew_cached(app, request: IssueRequest) -> Credential | None:
     with app.transaction(read_only=True) as session:
         row = session.scalars(
             select(Lease)
-            .where(Lease.cache_key == request.cache_key, Lease.state == "active", Lease.renewable.is_(True),
-                   Lease.secret.is_not(None), Lease.lease_id != "", Lease.expires_at > now + cache.MIN_REMAINING)
+            .where(
+                Lease.cache_key == request.cache_key,
+                Lease.state == "active",
+                Lease.renewable.is_(True),
+                Lease.secret.is_not(None),
+                Lease.lease_id != "",
+                Lease.expires_at > now + cache.MIN_REMAINING,
+            )
             .order_by(Lease.expires_at.desc())
             .limit(1)
         ).first()
@@ -222,7 +228,7 @@ def issue_detached(app, request: IssueRequest, *, store_secret: bool) -> Credent
             text = worker_answer(app, request, store_secret)
             with os.fdopen(write_fd, "w") as pipe:
                 pipe.write(text)
-        except BaseException:  # noqa: BLE001 - the caller is gone; the ledger already holds the outcome
+        except BaseException:  # noqa: S110 - the caller is gone; the ledger already holds the outcome
             pass
         os._exit(0)
     os.close(write_fd)
@@ -254,8 +260,13 @@ def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Cred
         env["BROKER_LEDGER_URL"] = app.ledger_url  # by environment, never on a command line
     job = json.dumps({"request": asdict(request), "store_secret": store_secret})
     worker = subprocess.run(
-        [sys.executable, "-m", "broker", "--db", app.db_path, "_issue"], input=job, capture_output=True,
-        text=True, env=env, start_new_session=True, check=False,
+        [sys.executable, "-m", "broker", "--db", app.db_path, "_issue"],
+        input=job,
+        capture_output=True,
+        text=True,
+        env=env,
+        start_new_session=True,
+        check=False,
     )
     if worker.stderr:
         sys.stderr.write(worker.stderr)
@@ -323,8 +334,13 @@ def issue_and_record(app, request: IssueRequest, *, store_secret: bool) -> Crede
             f"could not record lease {issued.lease_id or '(no lease id)'} ({issued.access_key_id}) in the ledger: "
             f"{reason}; {outcome}"
         ) from None
-    log.info("issued %s lease %s, %s, until %s", issued.credential_type, issued.lease_id or "(none)",
-             output.mask_key(issued.access_key_id), cache.iso_utc(issued.expires_at))
+    log.info(
+        "issued %s lease %s, %s, until %s",
+        issued.credential_type,
+        issued.lease_id or "(none)",
+        output.mask_key(issued.access_key_id),
+        cache.iso_utc(issued.expires_at),
+    )
     return Credential(issued.access_key_id, issued.secret_key, issued.session_token, issued.expires_at, row_id)
 
 
@@ -338,9 +354,15 @@ def generate_session_name() -> str:
 def _write_intent(app, request: IssueRequest, session_name: str | None) -> int:
     with app.transaction() as session:
         intent = Intent(
-            profile=request.profile, vault_addr=request.vault_addr, namespace=request.namespace,
-            mount=request.mount, role=request.role, endpoint=request.endpoint,
-            role_session_name=session_name, started_at=int(time.time()), pid=os.getpid(),
+            profile=request.profile,
+            vault_addr=request.vault_addr,
+            namespace=request.namespace,
+            mount=request.mount,
+            role=request.role,
+            endpoint=request.endpoint,
+            role_session_name=session_name,
+            started_at=int(time.time()),
+            pid=os.getpid(),
             host=settings.host_name(),
         )
         session.add(intent)

@@ -18,7 +18,12 @@ def mask_key(access_key_id: str) -> str:
 
 
 def render(
-    rows: Iterable[dict], fmt: str, columns: list[str], *, headers: dict | None = None, out=None,
+    rows: Iterable[dict],
+    fmt: str,
+    columns: list[str],
+    *,
+    headers: dict | None = None,
+    out=None,
     widths: dict | None = None,
 ) -> int:
     """Write `rows` (only the `columns` keys) in `fmt`; returns how many rows were written.

@@ -27,9 +27,7 @@ def _show(value: str) -> str:
 
 def check_profile_name(name: str) -> str:
     if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name) or ".." in name:
-        raise UsageError(
-            f"invalid profile name {_show(str(name))}: use up to 64 letters, digits, '.', '_' or '-'"
-        )
+        raise UsageError(f"invalid profile name {_show(str(name))}: use up to 64 letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -50,9 +48,7 @@ def check_role(role: str) -> str:
 
 def check_session_name(name: str) -> str:
     if not _SESSION_NAME.fullmatch(name):
-        raise UsageError(
-            f"invalid role session name {_show(name)}: 2-64 characters from letters, digits and +=,.@_-"
-        )
+        raise UsageError(f"invalid role session name {_show(name)}: 2-64 characters from letters, digits and +=,.@_-")
     return name
 
 
@@ -106,9 +102,15 @@ class ProfileSpec:
 
 def _spec(row: Profile) -> ProfileSpec:
     return ProfileSpec(
-        name=row.name, mount=row.mount, role=row.role, namespace=row.namespace, ttl=row.ttl,
-        role_arn=row.role_arn, role_session_name=row.role_session_name,
-        credential_type=row.credential_type, region=row.region,
+        name=row.name,
+        mount=row.mount,
+        role=row.role,
+        namespace=row.namespace,
+        ttl=row.ttl,
+        role_arn=row.role_arn,
+        role_session_name=row.role_session_name,
+        credential_type=row.credential_type,
+        region=row.region,
     )
 
 
@@ -116,7 +118,9 @@ def get(session: Session, name: str) -> ProfileSpec:
     check_profile_name(name)
     row = session.get(Profile, name)
     if row is None:
-        raise ProfileNotFound(f"unknown profile {name!r}; see `broker profile list` or add it with `broker profile add`")
+        raise ProfileNotFound(
+            f"unknown profile {name!r}; see `broker profile list` or add it with `broker profile add`"
+        )
     return _spec(row)
 
 

@@ -35,9 +35,7 @@ MIN_PAUSE_SECONDS = 0.002
 _EXPIRED = "expires_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.lease_row = leases.id)"
 COUNT_QUERY = f"SELECT state, count(*) FROM leases WHERE {_EXPIRED} GROUP BY state"  # noqa: S608
 KEPT_QUERY = "SELECT count(*) FROM leases JOIN outbox ON outbox.lease_row = leases.id WHERE expires_at <= ?"
-DELETE_BATCH = (
-    f"DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE {_EXPIRED} LIMIT ?) RETURNING state"  # noqa: S608
-)
+DELETE_BATCH = f"DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE {_EXPIRED} LIMIT ?) RETURNING state"  # noqa: S608
 
 
 @dataclass

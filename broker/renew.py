@@ -88,9 +88,7 @@ def _select(app, selector: RenewSelector, now: int) -> tuple[list[Target], set[i
             rows = []
             for start in range(0, len(wanted), CHUNK):
                 rows += session.execute(
-                    select(*_COLUMNS)
-                    .where(Lease.lease_id.in_(wanted[start : start + CHUNK]))
-                    .order_by(Lease.id)
+                    select(*_COLUMNS).where(Lease.lease_id.in_(wanted[start : start + CHUNK])).order_by(Lease.id)
                 ).all()
             missing = set(wanted) - {row[1] for row in rows}
             if missing:

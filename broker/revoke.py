@@ -115,8 +115,7 @@ class RevokeSelector:
         kinds = [bool(self.lease_ids), bool(self.role or self.mount), bool(self.profile), self.all]
         if sum(kinds) != 1:
             raise UsageError(
-                "say which leases: --lease-id ID (repeatable), --role R [--mount M], --profile P, "
-                "--mount M or --all"
+                "say which leases: --lease-id ID (repeatable), --role R [--mount M], --profile P, --mount M or --all"
             )
         if self.prefix and not ((self.role and self.mount) or self.profile):
             raise UsageError("--prefix needs --role R with --mount M, or --profile P")
@@ -256,9 +255,7 @@ def _by_lease_ids(app, lease_ids: Sequence[str], now: int) -> list[Target]:
     with app.transaction(read_only=True) as session:
         for start in range(0, len(wanted), CHUNK):
             chunk = wanted[start : start + CHUNK]
-            for row in session.execute(
-                select(*_TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)
-            ):
+            for row in session.execute(select(*_TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)):
                 found.setdefault(row[1], []).append(_target(row, now))
     targets = []
     addr, namespace = settings.vault_addr(), settings.vault_namespace()
@@ -316,13 +313,9 @@ def run_concurrently(
         except BrokerError as exc:
             results.put(Result(item, False, "failed", _one_line(exc), int(time.time())))
         except Exception as exc:  # noqa: BLE001 - reported per lease, never lost
-            results.put(
-                Result(item, False, "failed", f"internal error: {type(exc).__name__}", int(time.time()))
-            )
+            results.put(Result(item, False, "failed", f"internal error: {type(exc).__name__}", int(time.time())))
 
-    pool = ThreadPoolExecutor(
-        max_workers=max(1, min(concurrency, len(items))), thread_name_prefix="broker-revoke"
-    )
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items))), thread_name_prefix="broker-revoke")
     futures = [pool.submit(work, item) for item in items]
     delivered = 0
     try:
@@ -355,9 +348,7 @@ def run_concurrently(
 
 def _revoke_one(vault, target: Target) -> Result:
     vault.revoke(target.lease_id, target.namespace)
-    return Result(
-        target, True, "revoked" if target.row_id is not None else "not_in_ledger", None, int(time.time())
-    )
+    return Result(target, True, "revoked" if target.row_id is not None else "not_in_ledger", None, int(time.time()))
 
 
 def revoke_targets(
@@ -385,9 +376,7 @@ def concurrency_from_env() -> int:
     if not raw:
         return DEFAULT_CONCURRENCY
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_CONCURRENCY:
-        raise UsageError(
-            f"BROKER_REVOKE_CONCURRENCY={raw!r} must be a whole number from 1 to {MAX_CONCURRENCY}"
-        )
+        raise UsageError(f"BROKER_REVOKE_CONCURRENCY={raw!r} must be a whole number from 1 to {MAX_CONCURRENCY}")
     return int(raw)
 
 
@@ -428,9 +417,7 @@ def mark_results(app, results: Sequence[Result], revoked_by: str) -> None:
     from broker import leases
 
     done = [
-        {"row": r.target.row_id, "at": r.at, "by": revoked_by}
-        for r in results
-        if r.ok and r.target.row_id is not None
+        {"row": r.target.row_id, "at": r.at, "by": revoked_by} for r in results if r.ok and r.target.row_id is not None
     ]
     failed = [
         {"row": r.target.row_id, "error": f"{cache.iso_utc(r.at)} {r.error}"}
@@ -474,9 +461,7 @@ def revoke_matching(
     actionable = [t for t in targets if t.state in ("active", "unknown")]
     for t in targets:
         if t.state in ("revoked", "expired"):
-            report.results.append(
-                Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now)
-            )
+            report.results.append(Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now))
     calls = prefix_calls(selector, actionable, app) if selector.prefix else []
     if dry_run:
         report.results += [Result(t, True, "would_revoke", None, now) for t in actionable]

@@ -15,8 +15,10 @@ def _xdg(var: str, fallback: str) -> str:
 
 def db_path(option: str | None = None) -> str:
     """`--db`, else `BROKER_DB`, else `$XDG_DATA_HOME/broker/broker.db`."""
-    chosen = option or os.environ.get("BROKER_DB") or os.path.join(
-        _xdg("XDG_DATA_HOME", ".local/share"), "broker", "broker.db"
+    chosen = (
+        option
+        or os.environ.get("BROKER_DB")
+        or os.path.join(_xdg("XDG_DATA_HOME", ".local/share"), "broker", "broker.db")
     )
     return os.path.abspath(os.path.expanduser(chosen))
 

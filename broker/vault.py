@@ -193,8 +193,9 @@ class Vault:
             endpoint = "sts" if endpoint == "creds" else "creds"  # a legacy role fixes the path
             what = f"{mount}/{endpoint}/{role}"
             response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
-        return self._parse_issued(response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type,
-                                  role_session_name, started)
+        return self._parse_issued(
+            response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
+        )
 
     def _parse_issued(self, response, header_namespace, request_path, credential_type, session_name, started) -> Issued:
         if not isinstance(response, dict):
@@ -252,8 +253,9 @@ class Vault:
 
     def revoke_prefix(self, prefix: str, namespace: str = "") -> None:
         client = self.client(namespace)
-        self._call(f"sys/leases/revoke-prefix/{prefix}", lambda: client.sys.revoke_prefix(prefix),
-                   retry_read_timeout=True)
+        self._call(
+            f"sys/leases/revoke-prefix/{prefix}", lambda: client.sys.revoke_prefix(prefix), retry_read_timeout=True
+        )
 
     def renew(self, lease_id: str, namespace: str = "", increment: int | None = None) -> int:
         """Renew a lease; returns the new lease_duration in seconds."""
@@ -309,7 +311,8 @@ class Vault:
                 return fn()
             except requests.exceptions.JSONDecodeError:
                 raise VaultBadResponse(
-                    f"{self.addr} answered {what} with something that is not Vault's JSON; is VAULT_ADDR a Vault server?"
+                    f"{self.addr} answered {what} with something that is not Vault's JSON; "
+                    "is VAULT_ADDR a Vault server?"
                 ) from None
             except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if not retry_read_timeout:
@@ -325,7 +328,9 @@ class Vault:
                     f"TLS with Vault at {self.addr} failed ({_short(exc)}); check VAULT_CACERT/VAULT_CAPATH"
                 ) from None
             except requests.exceptions.ConnectionError:
-                error = VaultUnreachable(f"cannot connect to Vault at {self.addr}; is it running and is VAULT_ADDR right?")
+                error = VaultUnreachable(
+                    f"cannot connect to Vault at {self.addr}; is it running and is VAULT_ADDR right?"
+                )
             except requests.exceptions.RequestException as exc:
                 raise VaultUnreachable(f"request to Vault at {self.addr} failed: {_short(exc)}") from None
             except hx.VaultDown:
@@ -385,4 +390,8 @@ def _vault_message(exc) -> str:
     errors = getattr(exc, "errors", None)
     if isinstance(errors, list | tuple) and errors:
         return _one_line("; ".join(str(e) for e in errors))
-    return _one_line(getattr(exc, "text", "") or "")[:200] if "<html" not in str(getattr(exc, "text", "")).lower() else "an HTML page"
+    return (
+        _one_line(getattr(exc, "text", "") or "")[:200]
+        if "<html" not in str(getattr(exc, "text", "")).lower()
+        else "an HTML page"
+    )

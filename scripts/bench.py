@@ -68,8 +68,19 @@ class Double:
     def __init__(self, workdir: Path, latency_ms: int = 0):
         self.ready = workdir / f"double-{latency_ms}.json"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.vault_double", "--ready-file", str(self.ready), "--latency-ms", str(latency_ms)],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tests.vault_double",
+                "--ready-file",
+                str(self.ready),
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while not self.ready.exists():
@@ -91,8 +102,12 @@ def environment(workdir: Path, double: Double, name: str) -> dict:
     home.mkdir(mode=0o700, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "AWS_", "BROKER_"))}
     env.update(
-        HOME=str(home), BROKER_DB=str(home / "data" / "broker.db"), XDG_CONFIG_HOME=str(home / "config"),
-        VAULT_ADDR=double.info["vault_addr"], VAULT_TOKEN=double.info["token"], PYTHONPATH=str(ROOT),
+        HOME=str(home),
+        BROKER_DB=str(home / "data" / "broker.db"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        VAULT_ADDR=double.info["vault_addr"],
+        VAULT_TOKEN=double.info["token"],
+        PYTHONPATH=str(ROOT),
     )
     return env
 
@@ -112,16 +127,31 @@ def scenario_hit(workdir: Path, double: Double) -> None:
     python_wall, python_rss = medians([sys.executable, "-c", "pass"], env)
     hit_wall, hit_rss = medians(broker + ["credential-process", "--profile", "dev"], env)
     ratio = hit_wall / python_wall
-    line("cache hit vs python -c pass", f"{ratio:.2f}x", "<= 3.0x (4.0x enc)", ratio <= 3.0,
-         f"hit {hit_wall * 1000:.1f} ms, python {python_wall * 1000:.1f} ms, medians of {RUNS}")
-    line("cache hit peak RSS", f"{hit_rss / 1024:.1f} MiB", "<= 20 MiB", hit_rss <= 20 * 1024,
-         f"python -c pass {python_rss / 1024:.1f} MiB")
+    line(
+        "cache hit vs python -c pass",
+        f"{ratio:.2f}x",
+        "<= 3.0x (4.0x enc)",
+        ratio <= 3.0,
+        f"hit {hit_wall * 1000:.1f} ms, python {python_wall * 1000:.1f} ms, medians of {RUNS}",
+    )
+    line(
+        "cache hit peak RSS",
+        f"{hit_rss / 1024:.1f} MiB",
+        "<= 20 MiB",
+        hit_rss <= 20 * 1024,
+        f"python -c pass {python_rss / 1024:.1f} MiB",
+    )
     miss_walls = []
     for _ in range(5):
         wall, _rss, code = timed_run(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)
         miss_walls.append(wall)
-    line("miss (--no-cache, Vault+STS on loopback)", f"{statistics.median(miss_walls) * 1000:.0f} ms", "-", True,
-         "median of 5")
+    line(
+        "miss (--no-cache, Vault+STS on loopback)",
+        f"{statistics.median(miss_walls) * 1000:.0f} ms",
+        "-",
+        True,
+        "median of 5",
+    )
 
 
 def scenario_cold(workdir: Path, double: Double, processes: int = 50) -> None:
@@ -130,8 +160,13 @@ def scenario_cold(workdir: Path, double: Double, processes: int = 50) -> None:
     run_ok(broker + ["profile", "add", "cold", "--mount", "aws", "--role", "deploy"], env)
     started = time.perf_counter()
     procs = [
-        subprocess.Popen(broker + ["credential-process", "--profile", "cold"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            broker + ["credential-process", "--profile", "cold"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(processes)
     ]
     outputs, failures = set(), 0
@@ -144,8 +179,13 @@ def scenario_cold(workdir: Path, double: Double, processes: int = 50) -> None:
     issued = conn.execute("SELECT count(*) FROM leases WHERE profile = 'cold'").fetchone()[0]
     conn.close()
     ok = issued == 1 and failures == 0 and len(outputs) == 1 and wall <= 2.0
-    line(f"cold single flight, {processes} processes", f"{wall:.2f} s", "<= 2 s, 1 issue", ok,
-         f"{issued} issuance(s), {failures} failure(s), {len(outputs)} distinct answer(s)")
+    line(
+        f"cold single flight, {processes} processes",
+        f"{wall:.2f} s",
+        "<= 2 s, 1 issue",
+        ok,
+        f"{issued} issuance(s), {failures} failure(s), {len(outputs)} distinct answer(s)",
+    )
 
 
 def _issue_real_leases(double: Double, count: int, role: str = "deploy") -> list[str]:
@@ -168,18 +208,33 @@ def scenario_revoke(workdir: Path, double: Double, count: int = 1000) -> None:
     env = environment(workdir, double, "revoke")
     lease_ids = _issue_real_leases(double, count)
     now = int(time.time())
-    insert_rows(env["BROKER_DB"], [
-        lease_row(lease_id=lid, credential_type="assumed_role", role="deploy", endpoint="sts",
-                  vault_addr=double.info["vault_addr"], issued_at=now, expires_at=now + 3600,
-                  role_session_name=f"bench-{i}")
-        for i, lid in enumerate(lease_ids)
-    ])
+    insert_rows(
+        env["BROKER_DB"],
+        [
+            lease_row(
+                lease_id=lid,
+                credential_type="assumed_role",
+                role="deploy",
+                endpoint="sts",
+                vault_addr=double.info["vault_addr"],
+                issued_at=now,
+                expires_at=now + 3600,
+                role_session_name=f"bench-{i}",
+            )
+            for i, lid in enumerate(lease_ids)
+        ],
+    )
     started = time.perf_counter()
     result = run_ok(broker_command() + ["revoke", "--role", "deploy", "--yes", "--format", "json"], env, timeout=300)
     wall = time.perf_counter() - started
     summary = json.loads(result.stdout)["summary"]
-    line(f"revoke {count} tracked STS leases", f"{wall:.2f} s", "<= 4 s (+20 ms/req)", wall <= 4.0,
-         f"summary {summary}, Vault double adds 20 ms per request")
+    line(
+        f"revoke {count} tracked STS leases",
+        f"{wall:.2f} s",
+        "<= 4 s (+20 ms/req)",
+        wall <= 4.0,
+        f"summary {summary}, Vault double adds 20 ms per request",
+    )
 
 
 def _median_process_wall(argv: list[str], env: dict, runs: int = 3) -> float:
@@ -195,8 +250,13 @@ def scenario_leases(workdir: Path, double: Double, count: int = 100_000) -> None
     seed_leases(env["BROKER_DB"], count - count // 2 - count // 4, state="revoked", tag="r")
     wall = _median_process_wall(broker_command() + ["leases", "--format", "json"], env)
     _w, rss, _c = timed_run(broker_command() + ["leases", "--format", "json"], env)
-    line(f"leases --format json, {count:,} rows", f"{wall:.2f} s", "<= 3 s, streamed", wall <= 3.0,
-         f"median of 3, peak RSS {rss / 1024:.0f} MiB")
+    line(
+        f"leases --format json, {count:,} rows",
+        f"{wall:.2f} s",
+        "<= 3 s, streamed",
+        wall <= 3.0,
+        f"median of 3, peak RSS {rss / 1024:.0f} MiB",
+    )
 
 
 def scenario_prune(workdir: Path, double: Double, count: int = 1_000_000) -> None:
@@ -209,21 +269,32 @@ def scenario_prune(workdir: Path, double: Double, count: int = 1_000_000) -> Non
     run_ok(broker + ["credential-process", "--profile", "dev"], env)
     seed_leases(env["BROKER_DB"], count, expired=True)
     wall, rss, code = timed_run(broker + ["prune", "--quiet"], env)
-    line(f"prune {count:,} expired rows", f"{wall:.2f} s", "<= 10 s", wall <= 10.0 and code == 0,
-         f"peak RSS {rss / 1024:.0f} MiB")
+    line(
+        f"prune {count:,} expired rows",
+        f"{wall:.2f} s",
+        "<= 10 s",
+        wall <= 10.0 and code == 0,
+        f"peak RSS {rss / 1024:.0f} MiB",
+    )
 
     baseline = [timed_run(broker + ["credential-process", "--profile", "dev"], env)[0] for _ in range(15)]
     seed_leases(env["BROKER_DB"], count, expired=True, tag="again")
     hits: list[float] = []
-    prune = subprocess.Popen(broker + ["prune", "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    prune = subprocess.Popen(
+        broker + ["prune", "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while prune.poll() is None and len(hits) < 5000:
         hits.append(timed_run(broker + ["credential-process", "--profile", "dev"], env)[0])
     prune.wait(timeout=300)
     base = statistics.median(baseline)
     worst = max(hits) - base if hits else 0.0
-    line("cache hit delay during that prune", f"+{worst * 1000:.0f} ms worst", "<= 100 ms", worst <= 0.1,
-         f"{len(hits)} hit processes, median {statistics.median(hits) * 1000:.0f} ms vs {base * 1000:.0f} ms idle")
+    line(
+        "cache hit delay during that prune",
+        f"+{worst * 1000:.0f} ms worst",
+        "<= 100 ms",
+        worst <= 0.1,
+        f"{len(hits)} hit processes, median {statistics.median(hits) * 1000:.0f} ms vs {base * 1000:.0f} ms idle",
+    )
 
 
 SCENARIOS = {
@@ -243,8 +314,10 @@ def main() -> None:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    print(f"# broker benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"{' '.join(broker_command())}", flush=True)
+    print(
+        f"# broker benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {' '.join(broker_command())}",
+        flush=True,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
     doubles: dict[int, Double] = {}
     try:

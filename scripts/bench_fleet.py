@@ -116,9 +116,7 @@ def base_env(extra: dict | None = None, home: Path | None = None) -> dict:
     return env
 
 
-def seed_rows(
-    dbname: str, count: int, hosts: int, role: str, *, credential_type: str = "assumed_role"
-) -> None:
+def seed_rows(dbname: str, count: int, hosts: int, role: str, *, credential_type: str = "assumed_role") -> None:
     """`count` active leases of `role` spread over `hosts` hosts, written with COPY as the owner (the
     rows a fleet of hosts would have pushed; the trigger fills listing_json as for a push)."""
     import psycopg
@@ -223,9 +221,7 @@ def scenario_fleet_revoke(workdir: Path, double) -> dict:
         },
         workdir / "fleet-revoke",
     )
-    wall, result = timed(
-        broker_command() + ["revoke", "--fleet", "--role", "ops", "--yes", "--format", "json"], env
-    )
+    wall, result = timed(broker_command() + ["revoke", "--fleet", "--role", "ops", "--yes", "--format", "json"], env)
     if result.returncode:
         raise SystemExit(f"revoke --fleet failed ({result.returncode}): {result.stderr.strip()[-300:]}")
     revoked = json.loads(result.stdout)["summary"]["revoked"]
@@ -346,9 +342,7 @@ class Double:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args()

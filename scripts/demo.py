@@ -37,7 +37,9 @@ def main() -> None:
     step("starting the Vault double and moto on 127.0.0.1")
     double = subprocess.Popen(
         [sys.executable, "-m", "tests.vault_double", "--ready-file", str(ready)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -51,14 +53,33 @@ def main() -> None:
         home.mkdir(mode=0o700)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VAULT_", "BROKER_"))}
         env.update(
-            HOME=str(home), XDG_DATA_HOME=str(home / ".local/share"), XDG_CONFIG_HOME=str(home / ".config"),
-            AWS_CONFIG_FILE=str(home / ".aws/config"), AWS_SHARED_CREDENTIALS_FILE=str(home / ".aws/credentials"),
-            VAULT_ADDR=info["vault_addr"], VAULT_TOKEN=info["token"], AWS_ENDPOINT_URL=info["aws_endpoint"],
+            HOME=str(home),
+            XDG_DATA_HOME=str(home / ".local/share"),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            AWS_CONFIG_FILE=str(home / ".aws/config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(home / ".aws/credentials"),
+            VAULT_ADDR=info["vault_addr"],
+            VAULT_TOKEN=info["token"],
+            AWS_ENDPOINT_URL=info["aws_endpoint"],
             AWS_EC2_METADATA_DISABLED="true",
         )
         step("adding a profile for the Vault role aws/deploy (assumed_role), written into ~/.aws/config")
-        sh(BROKER, "profile", "add", "deploy", "--mount", "aws", "--role", "deploy", "--ttl", "1h",
-           "--region", "us-east-1", "--write-aws-config", env=env)
+        sh(
+            BROKER,
+            "profile",
+            "add",
+            "deploy",
+            "--mount",
+            "aws",
+            "--role",
+            "deploy",
+            "--ttl",
+            "1h",
+            "--region",
+            "us-east-1",
+            "--write-aws-config",
+            env=env,
+        )
         config = home / ".aws" / "config"
         print(f"{config}:\n{config.read_text()}")
         step("boto3 reads the profile: three clients, one Vault issuance (the rest are cache hits)")

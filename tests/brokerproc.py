@@ -25,8 +25,13 @@ def broker_argv(*args: str) -> list[str]:
 def run_broker(*args: str, env: dict | None = None, timeout: float = 60, input: str | None = None):
     """The finished process (stdout/stderr as text). Bounded by `timeout`."""
     return subprocess.run(
-        broker_argv(*args), env=child_env(env), capture_output=True, text=True, timeout=timeout,
-        input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        broker_argv(*args),
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
 
 

@@ -104,9 +104,7 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()[-500:]}")
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as hba:
             hba.write(
-                "local all postgres trust\n"
-                "local all all scram-sha-256\n"
-                "host all all 127.0.0.1/32 scram-sha-256\n"
+                "local all postgres trust\nlocal all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
             )
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = free_port()
@@ -131,17 +129,13 @@ class PostgresServer:
             if done.returncode == 0:
                 break
         else:
-            raise RuntimeError(
-                f"pg_ctl start failed: {done.stderr.strip()[-500:]} (see {self.dir}/server.log)"
-            )
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()[-500:]} (see {self.dir}/server.log)")
         self.create_roles()
         return self
 
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            done = self._run(
-                os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "-t", "15", "stop"
-            )
+            done = self._run(os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "-t", "15", "stop")
             if done.returncode:
                 self._run(
                     os.path.join(PG_BIN, "pg_ctl"),
@@ -200,9 +194,7 @@ class PostgresServer:
         with self.superuser() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def url(
-        self, user: str, dbname: str, *, password: bool = True, driver: str = "postgresql+psycopg"
-    ) -> str:
+    def url(self, user: str, dbname: str, *, password: bool = True, driver: str = "postgresql+psycopg") -> str:
         secret = f":{self.password}" if password else ""
         return f"{driver}://{user}{secret}@{self.host}:{self.port}/{dbname}"
 
@@ -324,9 +316,7 @@ class Host:
 
         return App(self.db, self.url)
 
-    def broker(
-        self, *args: str, timeout: float = 60, url: str | None = "same", **extra
-    ) -> subprocess.CompletedProcess:
+    def broker(self, *args: str, timeout: float = 60, url: str | None = "same", **extra) -> subprocess.CompletedProcess:
         env = self.env(**extra)
         if url != "same":
             env["BROKER_LEDGER_URL"] = url
@@ -410,9 +400,7 @@ class Host:
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-                ids = conn.execute(
-                    "SELECT id, lease_id FROM leases ORDER BY id DESC LIMIT ?", (count,)
-                ).fetchall()
+                ids = conn.execute("SELECT id, lease_id FROM leases ORDER BY id DESC LIMIT ?", (count,)).fetchall()
                 if enqueue:
                     conn.executemany(
                         "INSERT OR REPLACE INTO outbox (lease_row, enqueued_at) VALUES (?, ?)",

@@ -42,7 +42,7 @@ def config_file() -> Path:
 def test_set_then_unset_restores_the_file_exactly():
     written = awsconfig.set_keys(USER_CONFIG, "dev", VALUES)
     assert written.startswith(USER_CONFIG)
-    assert written[len(USER_CONFIG):] == (
+    assert written[len(USER_CONFIG) :] == (
         "\n[profile dev]\ncredential_process = /opt/broker credential-process --profile dev\nregion = eu-west-1\n"
     )
     assert awsconfig.set_keys(written, "dev", VALUES) == written  # idempotent
@@ -50,7 +50,11 @@ def test_set_then_unset_restores_the_file_exactly():
 
 
 def test_set_updates_only_the_owned_keys_of_an_existing_section():
-    text = USER_CONFIG + "\n[profile dev]\n# why this profile exists\noutput = text\ncredential_process = old-helper\n  --flag\nregion=us-west-2\n"
+    text = (
+        USER_CONFIG
+        + "\n[profile dev]\n# why this profile exists\noutput = text\n"
+        + "credential_process = old-helper\n  --flag\nregion=us-west-2\n"
+    )
     written = awsconfig.set_keys(text, "dev", VALUES)
     assert written == USER_CONFIG + (
         "\n[profile dev]\n# why this profile exists\noutput = text\n"
@@ -72,7 +76,10 @@ def test_set_adds_missing_keys_after_the_last_one_and_keeps_crlf():
 
 def test_default_profile_uses_the_default_section():
     text = "[default]\noutput = json\n"
-    assert awsconfig.set_keys(text, "default", {"credential_process": "b"}) == "[default]\noutput = json\ncredential_process = b\n"
+    assert (
+        awsconfig.set_keys(text, "default", {"credential_process": "b"})
+        == "[default]\noutput = json\ncredential_process = b\n"
+    )
 
 
 def test_unset_leaves_other_helpers_alone():
@@ -88,7 +95,9 @@ def test_duplicate_sections_are_refused():
         awsconfig.set_keys("[profile dev]\na=1\n[profile  dev]\nb=2\n", "dev", VALUES)
 
 
-@pytest.mark.parametrize("path", ["/usr/local/bin/broker", "/Users/J Doe/.local/bin/broker", '/odd/"quoted"\\dir/broker'])
+@pytest.mark.parametrize(
+    "path", ["/usr/local/bin/broker", "/Users/J Doe/.local/bin/broker", '/odd/"quoted"\\dir/broker']
+)
 def test_the_broker_path_survives_the_sdks_splitting(monkeypatch, path):
     monkeypatch.setattr(awsconfig, "broker_argv", lambda: [path])
     value = awsconfig.credential_process_value("dev")
@@ -113,8 +122,19 @@ def test_broker_argv_is_absolute(monkeypatch, tmp_path):
 
 
 def add(*extra: str):
-    return run_broker("profile", "add", "dev", "--mount", "aws", "--role", "deploy", "--region", "eu-west-1",
-                      "--write-aws-config", *extra)
+    return run_broker(
+        "profile",
+        "add",
+        "dev",
+        "--mount",
+        "aws",
+        "--role",
+        "deploy",
+        "--region",
+        "eu-west-1",
+        "--write-aws-config",
+        *extra,
+    )
 
 
 def test_add_writes_atomically_with_a_backup_and_remove_undoes_it():

@@ -37,9 +37,13 @@ def test_kill_during_issuance_loses_no_lease(vault):
     vault.latency = 0.2
     rng = random.Random(20261126)
     for run in range(RUNS):
-        proc = subprocess.Popen(broker_argv("credential-process", "--profile", "dev", "--no-cache"),
-                                env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            broker_argv("credential-process", "--profile", "dev", "--no-cache"),
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(0.0, 1.2))
         # every other run takes the whole process group, as a terminal's hang-up would
         if run % 2:
@@ -72,8 +76,13 @@ def test_kill_during_issuance_loses_no_lease(vault):
 
 
 def _kill_at_random(args: list[str], rng: random.Random, latest: float) -> None:
-    proc = subprocess.Popen(broker_argv(*args), env=child_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        broker_argv(*args),
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     time.sleep(rng.uniform(0.2, latest))
     proc.kill()
     proc.wait(timeout=10)
@@ -90,9 +99,18 @@ def _track_real_leases(vault, db_path: str, count: int) -> None:
     rows = []
     for _ in range(count):
         response = client.secrets.aws.generate_credentials(name="deploy", endpoint="sts", mount_point="aws")
-        rows.append(lease_row(lease_id=response["lease_id"], credential_type="assumed_role", role="deploy",
-                              endpoint="sts", vault_addr=vault.url, issued_at=now, expires_at=now + 3600,
-                              access_key_id=response["data"]["access_key"]))
+        rows.append(
+            lease_row(
+                lease_id=response["lease_id"],
+                credential_type="assumed_role",
+                role="deploy",
+                endpoint="sts",
+                vault_addr=vault.url,
+                issued_at=now,
+                expires_at=now + 3600,
+                access_key_id=response["data"]["access_key"],
+            )
+        )
     insert_rows(db_path, rows)
 
 

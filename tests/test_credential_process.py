@@ -143,8 +143,13 @@ def test_twenty_cold_processes_make_one_vault_request(vault, db_path):
     add_profile("deploy", "--mount", "aws", "--role", "deploy")
     vault.latency = 0.2  # keep the first issuance in flight while the others arrive
     procs = [
-        subprocess.Popen(broker_argv("credential-process", "--profile", "deploy"), env=child_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            broker_argv("credential-process", "--profile", "deploy"),
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(20)
     ]
     outputs = []
@@ -161,9 +166,13 @@ def test_different_profiles_do_not_wait_on_each_other(vault, db_path):
     add_profile("slow", "--mount", "aws", "--role", "deploy")
     add_profile("fast", "--mount", "aws", "--role", "fed")
     vault.inject_fault("hang", count=1, path_contains="sts/deploy")
-    slow = subprocess.Popen(broker_argv("credential-process", "--profile", "slow"),
-                            env=child_env({"BROKER_VAULT_TIMEOUT": "5"}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    slow = subprocess.Popen(
+        broker_argv("credential-process", "--profile", "slow"),
+        env=child_env({"BROKER_VAULT_TIMEOUT": "5"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)  # the slow one holds its lock and waits on Vault
     started = time.monotonic()
     fast = run_broker("credential-process", "--profile", "fast", timeout=30)
@@ -203,8 +212,7 @@ def test_a_cache_hit_loads_no_heavy_module(vault):
     )
     import sys
 
-    result = subprocess.run([sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run([sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["AccessKeyId"] == vault.issued[-1].access_key
     loaded = {m.split(".")[0] for m in result.stderr.split("MODULES ", 1)[1].split()}

@@ -20,5 +20,5 @@ def commands(group: click.Group, prefix: str = ""):
 
 @pytest.mark.parametrize(("name", "command"), list(commands(cli)), ids=lambda v: v if isinstance(v, str) else "")
 def test_command_is_documented(name, command):
-    assert (command.help or command.short_help), f"{name} has no help text"
+    assert command.help or command.short_help, f"{name} has no help text"
     assert f"broker {name}" in README, f"README does not mention `broker {name}`"

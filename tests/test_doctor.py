@@ -28,7 +28,7 @@ def vault_reads_roles(vault, monkeypatch):
     def route(self, method, split, headers, body):
         path = re.sub(r"/{2,}", "/", unquote(split.path))
         if method == "GET" and path.startswith("/v1/") and not self.sealed:
-            ns, rel = self._split_namespace(vd._norm_ns(headers.get("X-Vault-Namespace")), path[len("/v1/"):])
+            ns, rel = self._split_namespace(vd._norm_ns(headers.get("X-Vault-Namespace")), path[len("/v1/") :])
             parts = rel.split("/")
             if len(parts) >= 3 and parts[-2] == "roles" and parts[-1]:
                 mount = "/".join(parts[:-2])
@@ -39,10 +39,17 @@ def vault_reads_roles(vault, monkeypatch):
                     self._require_sudo(self._authenticate(headers))
                     if role is None:
                         raise vd._VaultError(404, [])
-                    return vd._Reply(200, vd._envelope(data={
-                        "credential_type": role.credential_type, "role_arns": role.role_arns,
-                        "default_sts_ttl": role.default_sts_ttl or 0, "max_sts_ttl": role.max_sts_ttl or 0,
-                    }))
+                    return vd._Reply(
+                        200,
+                        vd._envelope(
+                            data={
+                                "credential_type": role.credential_type,
+                                "role_arns": role.role_arns,
+                                "default_sts_ttl": role.default_sts_ttl or 0,
+                                "max_sts_ttl": role.max_sts_ttl or 0,
+                            }
+                        ),
+                    )
         return original(self, method, split, headers, body)
 
     monkeypatch.setattr(vd.VaultDouble, "_route", route)
@@ -93,8 +100,13 @@ def test_doctor_reports_missing_roles_and_mounts(vault_reads_roles):
     add_profile("wrongtype", "--mount", "aws", "--role", "deploy", "--credential-type", "federation_token")
     code, lines = doctor()
     assert code == 1
-    assert line_for(lines, "profile gone:") == "FAIL profile gone: aws/roles/nosuch: Vault has no role 'nosuch' on mount 'aws'"
-    assert line_for(lines, "profile nomount:").startswith("FAIL profile nomount: elsewhere/roles/deploy: Vault has no AWS")
+    assert (
+        line_for(lines, "profile gone:")
+        == "FAIL profile gone: aws/roles/nosuch: Vault has no role 'nosuch' on mount 'aws'"
+    )
+    assert line_for(lines, "profile nomount:").startswith(
+        "FAIL profile nomount: elsewhere/roles/deploy: Vault has no AWS"
+    )
     assert line_for(lines, "profile wrongtype:").startswith("warn ") and "issues assumed_role" in lines[-1]
 
 
@@ -128,7 +140,9 @@ def test_vault_unreachable_and_bad_address():
     assert line_for(lines, "profile dev").startswith("warn ")
     code, lines = doctor({"VAULT_ADDR": "vault.example.com"})
     assert code == 1
-    assert line_for(lines, "vault address").startswith("FAIL vault address: VAULT_ADDR 'vault.example.com' is not a URL")
+    assert line_for(lines, "vault address").startswith(
+        "FAIL vault address: VAULT_ADDR 'vault.example.com' is not a URL"
+    )
 
 
 def test_doctor_creates_no_database(vault):

@@ -88,11 +88,11 @@ def test_vault_faults_without_a_cached_credential(vault, monkeypatch, db_path, s
 
 
 def test_unknown_role_and_bad_token(vault, monkeypatch):
-    assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "nope"),
-                          contains='Role "nope" not found', code=4)
+    assert_one_line_error(
+        run_broker("credential-process", "--mount", "aws", "--role", "nope"), contains='Role "nope" not found', code=4
+    )
     monkeypatch.setenv("VAULT_TOKEN", "wrong-token")
-    assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "ci"),
-                          contains="denied", code=4)
+    assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "ci"), contains="denied", code=4)
 
 
 def test_unknown_mount(vault):
@@ -150,8 +150,9 @@ def test_unwritable_database_directory(tmp_path):
 
 def test_database_path_under_a_file(tmp_path):
     (tmp_path / "plainfile").write_text("x")
-    assert_one_line_error(run_broker("--db", str(tmp_path / "plainfile" / "b.db"), "profile", "list"),
-                          contains="cannot create", code=5)
+    assert_one_line_error(
+        run_broker("--db", str(tmp_path / "plainfile" / "b.db"), "profile", "list"), contains="cannot create", code=5
+    )
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o720])
@@ -170,8 +171,9 @@ def test_unsafe_file_permissions_are_refused(db_path):
 
 def test_vault_addr_that_is_not_a_url(monkeypatch):
     monkeypatch.setenv("VAULT_ADDR", "vault.example.com")
-    assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "ci"),
-                          contains="not a URL", code=2)
+    assert_one_line_error(
+        run_broker("credential-process", "--mount", "aws", "--role", "ci"), contains="not a URL", code=2
+    )
 
 
 def test_newer_schema_is_refused_never_downgraded(db_path):
@@ -204,8 +206,9 @@ def test_read_only_database(vault, db_path, immutable):
     credential("--mount", "aws", "--role", "ci")
     run_broker("profile", "list")  # checkpoint: everything in the main file
     immutable(db_path)
-    assert_one_line_error(run_broker("profile", "add", "x", "--mount", "aws", "--role", "ci"),
-                          contains="not writable", code=5)
+    assert_one_line_error(
+        run_broker("profile", "add", "x", "--mount", "aws", "--role", "ci"), contains="not writable", code=5
+    )
     # a cache hit only reads, and is still served
     assert credential("--mount", "aws", "--role", "ci")["AccessKeyId"] == vault.issued[-1].access_key
 

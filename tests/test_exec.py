@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,9 +57,14 @@ def test_child_env_replaces_every_inherited_credential_source():
     keys = execenv.Keys("AKIDNEW", "secret", None, 1_800_000_000)
     env = execenv.child_env(inherited, "dev", region="eu-west-1", keys=keys)
     assert env == {
-        "PATH": "/bin", "AWS_ENDPOINT_URL": "http://x", "AWS_ACCESS_KEY_ID": "AKIDNEW", "AWS_SECRET_ACCESS_KEY": "secret",
-        "AWS_CREDENTIAL_EXPIRATION": "2027-01-15T08:00:00Z", "AWS_REGION": "eu-west-1",
-        "AWS_DEFAULT_REGION": "eu-west-1", "BROKER_PROFILE": "dev",
+        "PATH": "/bin",
+        "AWS_ENDPOINT_URL": "http://x",
+        "AWS_ACCESS_KEY_ID": "AKIDNEW",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_CREDENTIAL_EXPIRATION": "2027-01-15T08:00:00Z",
+        "AWS_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "BROKER_PROFILE": "dev",
     }
     served = execenv.child_env(inherited, "dev", endpoint=execenv.Endpoint("http://127.0.0.1:1/", "tok"))
     assert served["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://127.0.0.1:1/"
@@ -75,15 +81,26 @@ DUMP_ENV = "import json, os, sys; json.dump(dict(os.environ), sys.stdout); sys.e
 def test_exec_sets_the_environment_and_returns_the_exit_status(vault, aws_env):
     add_profile("dev", "--mount", "aws", "--role", "deploy", "--region", "eu-west-1")
     polluted = {
-        "AWS_PROFILE": "other", "AWS_DEFAULT_PROFILE": "other", "AWS_ACCESS_KEY_ID": "AKIAOLD",
-        "AWS_SECRET_ACCESS_KEY": "old", "AWS_SESSION_TOKEN": "old", "AWS_SECURITY_TOKEN": "old",
-        "AWS_CREDENTIAL_FILE": "/nowhere", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/nowhere",
+        "AWS_PROFILE": "other",
+        "AWS_DEFAULT_PROFILE": "other",
+        "AWS_ACCESS_KEY_ID": "AKIAOLD",
+        "AWS_SECRET_ACCESS_KEY": "old",
+        "AWS_SESSION_TOKEN": "old",
+        "AWS_SECURITY_TOKEN": "old",
+        "AWS_CREDENTIAL_FILE": "/nowhere",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/nowhere",
     }
     result = broker("exec", "dev", "--", sys.executable, "-c", DUMP_ENV, env=polluted)
     assert result.returncode == 7, result.stderr
     env = json.loads(result.stdout)
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SECURITY_TOKEN", "AWS_CREDENTIAL_FILE",
-                 "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_FILE",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         assert name not in env
     assert env["AWS_ACCESS_KEY_ID"].startswith("ASIA") and env["AWS_SECRET_ACCESS_KEY"] != "old"
     assert env["AWS_SESSION_TOKEN"] != "old"
@@ -104,8 +121,15 @@ def test_iam_user_keys_in_both_modes(vault, aws_env):
     assert "AWS_SESSION_TOKEN" not in env  # iam_user keys have none
     assert env["AWS_ACCESS_KEY_ID"].startswith("AKIA")
     # through the endpoint too: keys without a session token come with an empty Token
-    served = broker("exec", "ci", "--server", "--", sys.executable, "-c",
-                    "import boto3; print(boto3.session.Session().client('sts').get_caller_identity()['Arn'])")
+    served = broker(
+        "exec",
+        "ci",
+        "--server",
+        "--",
+        sys.executable,
+        "-c",
+        "import boto3; print(boto3.session.Session().client('sts').get_caller_identity()['Arn'])",
+    )
     assert served.returncode == 0, served.stderr
     assert ":user/" in served.stdout
 
@@ -162,9 +186,26 @@ TRAP = textwrap.dedent("""
 )
 def test_signals_to_broker_exec_reach_the_child(vault, aws_env, tmp_path, mode, sig):
     add_profile("dev", "--mount", "aws", "--role", "deploy")
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "exec", "dev", *mode, "--", sys.executable, "-c",
-                             TRAP, str(tmp_path), str(int(sig))], env=child_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "exec",
+            "dev",
+            *mode,
+            "--",
+            sys.executable,
+            "-c",
+            TRAP,
+            str(tmp_path),
+            str(int(sig)),
+        ],
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_file(tmp_path / "ready")
         proc.send_signal(sig)
@@ -179,8 +220,9 @@ def test_signals_to_broker_exec_reach_the_child(vault, aws_env, tmp_path, mode, 
 
 def test_server_mode_dies_of_the_signal_that_killed_the_child(vault, aws_env):
     add_profile("dev", "--mount", "aws", "--role", "deploy")
-    result = broker("exec", "dev", "--server", "--", sys.executable, "-c",
-                    "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    result = broker(
+        "exec", "dev", "--server", "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    )
     assert result.returncode == -signal.SIGTERM, result.stderr
     status = broker("exec", "dev", "--server", "--", sys.executable, "-c", "raise SystemExit(5)")
     assert status.returncode == 5, status.stderr
@@ -277,9 +319,26 @@ def test_ctrl_c_on_a_terminal_reaches_the_child_once(vault, aws_env, tmp_path):
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "exec", "dev", "--server", "--", sys.executable, "-c",
-                             COUNT_SIGINT, str(tmp_path)], env=child_env(), stdin=terminal, stdout=terminal,
-                            stderr=terminal, preexec_fn=own_terminal)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "exec",
+            "dev",
+            "--server",
+            "--",
+            sys.executable,
+            "-c",
+            COUNT_SIGINT,
+            str(tmp_path),
+        ],
+        env=child_env(),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=own_terminal,
+    )
     os.close(terminal)
     try:
         wait_for_file(tmp_path / "ready")

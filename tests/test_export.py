@@ -14,6 +14,7 @@ import pytest
 from broker import execenv
 from tests.brokerproc import assert_one_line_error, run_broker
 
+
 def broker(*args: str) -> subprocess.CompletedProcess:
     return run_broker(*args)
 
@@ -36,24 +37,36 @@ def test_export_formats_agree_and_work(vault, aws_env):
         match = re.fullmatch(r"export (AWS_[A-Z_]+)=(.+)", line)
         assert match, line
         exported[match.group(1)] = shlex.split(match.group(2))[0]
-    assert list(exported) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                              "AWS_CREDENTIAL_EXPIRATION", "AWS_REGION", "AWS_DEFAULT_REGION"]
+    assert list(exported) == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ]
     assert exported["AWS_REGION"] == "eu-west-1"
 
     as_json = json.loads(broker("export", "dev", "--format", "json").stdout)
     assert as_json == {
-        "Version": 1, "AccessKeyId": exported["AWS_ACCESS_KEY_ID"], "SecretAccessKey": exported["AWS_SECRET_ACCESS_KEY"],
-        "SessionToken": exported["AWS_SESSION_TOKEN"], "Expiration": exported["AWS_CREDENTIAL_EXPIRATION"],
+        "Version": 1,
+        "AccessKeyId": exported["AWS_ACCESS_KEY_ID"],
+        "SecretAccessKey": exported["AWS_SECRET_ACCESS_KEY"],
+        "SessionToken": exported["AWS_SESSION_TOKEN"],
+        "Expiration": exported["AWS_CREDENTIAL_EXPIRATION"],
     }  # the same cached credential
 
     ini = configparser.ConfigParser()
     ini.read_string(broker("export", "dev", "--format", "ini").stdout)
     assert ini.sections() == ["dev"]
     assert dict(ini["dev"]) == {
-        "aws_access_key_id": exported["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": exported["AWS_SECRET_ACCESS_KEY"],
+        "aws_access_key_id": exported["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": exported["AWS_SECRET_ACCESS_KEY"],
         "aws_session_token": exported["AWS_SESSION_TOKEN"],
     }
-    sts = aws_env.client("sts", (exported["AWS_ACCESS_KEY_ID"], exported["AWS_SECRET_ACCESS_KEY"], exported["AWS_SESSION_TOKEN"]))
+    sts = aws_env.client(
+        "sts", (exported["AWS_ACCESS_KEY_ID"], exported["AWS_SECRET_ACCESS_KEY"], exported["AWS_SESSION_TOKEN"])
+    )
     assert ":assumed-role/" in sts.get_caller_identity()["Arn"]
 
 
@@ -61,8 +74,13 @@ def test_export_env_is_evaluable_by_a_shell(vault, aws_env):
     add_profile("ci", "--mount", "aws", "--role", "ci", "--credential-type", "iam_user")
     text = broker("export", "ci").stdout
     assert "AWS_SESSION_TOKEN" not in text  # iam_user keys have none
-    shown = subprocess.run(["sh", "-c", text + 'printf "%s|%s" "$AWS_ACCESS_KEY_ID" "$AWS_CREDENTIAL_EXPIRATION"'],
-                           capture_output=True, text=True, timeout=10, env={"PATH": os.environ["PATH"]})
+    shown = subprocess.run(
+        ["sh", "-c", text + 'printf "%s|%s" "$AWS_ACCESS_KEY_ID" "$AWS_CREDENTIAL_EXPIRATION"'],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": os.environ["PATH"]},
+    )
     key, expiration = shown.stdout.split("|")
     assert key.startswith("AKIA") and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expiration)
 
@@ -90,6 +108,7 @@ def test_shell_completion_knows_the_new_commands():
     """Click's completion (documented in the README): `_BROKER_COMPLETE=bash_source broker`."""
     words = run_broker(env={"_BROKER_COMPLETE": "bash_complete", "COMP_WORDS": "broker ex", "COMP_CWORD": "1"})
     assert words.stdout.split() == ["plain,exec", "plain,export"]
-    formats = run_broker(env={"_BROKER_COMPLETE": "bash_complete", "COMP_WORDS": "broker export dev --format ",
-                              "COMP_CWORD": "4"})
+    formats = run_broker(
+        env={"_BROKER_COMPLETE": "bash_complete", "COMP_WORDS": "broker export dev --format ", "COMP_CWORD": "4"}
+    )
     assert formats.stdout.split() == ["plain,env", "plain,json", "plain,ini"]

@@ -56,9 +56,7 @@ def test_a_miss_pushes_in_the_background_and_no_secret_is_shared(tmp_path, pg, f
     wait_for(lambda: shared_count(pg, fleet_db) == 6, timeout=15)
     for host in hosts:
         wait_for(lambda h=host: h.pending() == 0, timeout=10)
-    rows = pg.query(
-        fleet_db, "SELECT host, os_user, role, credential_type, lease_id, db_user FROM fleet_leases"
-    )
+    rows = pg.query(fleet_db, "SELECT host, os_user, role, credential_type, lease_id, db_user FROM fleet_leases")
     assert {(r[0], r[1], r[5]) for r in rows} == {(f"host-{x}", f"user{x}", f"host_{x}") for x in "abc"}
     assert {r[4] for r in rows} == {i.lease_id for i in vault.issued}
     # Dump every table of the shared database and look for the real secret values.
@@ -165,9 +163,9 @@ def test_a_pulled_revocation_makes_the_next_call_issue_anew(tmp_path, pg, fleet_
     fresh, _ = cred(a, "--profile", "deploy")
     assert fresh["AccessKeyId"] != first["AccessKeyId"]
     assert cred(b, "--profile", "deploy")[0] == other
-    assert a.sql(
-        "SELECT state, revoked_by, secret FROM leases WHERE access_key_id = ?", (first["AccessKeyId"],)
-    ) == [("revoked", "oncall@desk", None)]
+    assert a.sql("SELECT state, revoked_by, secret FROM leases WHERE access_key_id = ?", (first["AccessKeyId"],)) == [
+        ("revoked", "oncall@desk", None)
+    ]
 
 
 def test_a_cache_hit_never_touches_the_fleet_ledger(tmp_path, pg, fleet_db, hosts):

@@ -199,9 +199,7 @@ def test_a_pulled_revocation_wipes_the_cached_secret(tmp_path, pg, fleet_db, hos
     result = a.broker("ledger", "sync")
     assert result.returncode == 0, result.stderr
     assert "pulled 1 revocation" in result.stderr
-    state, revoked_by, secret = a.sql("SELECT state, revoked_by, secret FROM leases WHERE id = ?", (row_a,))[
-        0
-    ]
+    state, revoked_by, secret = a.sql("SELECT state, revoked_by, secret FROM leases WHERE id = ?", (row_a,))[0]
     assert (state, revoked_by, secret) == ("revoked", "bob@laptop", None)
     assert a.sql("SELECT state FROM leases WHERE id = ?", (row_a2,))[0][0] == "active"
     assert b.sql("SELECT count(*) FROM leases WHERE state = 'revoked'")[0][0] == 0
@@ -213,9 +211,9 @@ def test_a_pulled_revocation_wipes_the_cached_secret(tmp_path, pg, fleet_db, hos
     )
     a.sql("INSERT INTO outbox VALUES (?, ?)", (row_a, int(time.time())))
     assert a.broker("ledger", "sync").returncode == 0
-    assert pg.query(
-        fleet_db, "SELECT state, revoked_by FROM fleet_leases WHERE lease_id = %s", (lease_a,)
-    ) == [("revoked", "bob@laptop")]
+    assert pg.query(fleet_db, "SELECT state, revoked_by FROM fleet_leases WHERE lease_id = %s", (lease_a,)) == [
+        ("revoked", "bob@laptop")
+    ]
 
 
 def test_least_privilege(tmp_path, pg, fleet_db, hosts):
@@ -371,9 +369,7 @@ def test_fleet_modules_stay_off_the_miss_and_hit_paths():
         "bad = [m for m in sys.modules if m.startswith(heavy)];"
         "print(bad)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=30
-    )
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -387,19 +383,14 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
         conn.execute("SET datestyle = 'SQL, DMY'")  # the session's DateStyle changes nothing
         conn.execute("SET ROLE resp_1")
         conn.execute(
-            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
-            "WHERE lease_id = %s",
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' WHERE lease_id = %s",
             (odd,),
         )
     responder = responder_app(tmp_path, pg, fleet_db)
     expected = [fleet.iso_row(row) for row in listed(responder)]
-    encoded = [
-        text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch
-    ]
+    encoded = [text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch]
     assert [json.loads(text) for text in encoded] == expected
     assert {r["state"] for r in expected} == {"active", "expired", "revoked"}
     assert [r for r in expected if r["lease_id"] == odd][0]["host"] == 'la"p\\top\u00e9\n'
-    only = [
-        json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b
-    ]
+    only = [json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b]
     assert len(only) == 1 and only[0]["state"] == "expired"

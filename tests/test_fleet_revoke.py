@@ -56,9 +56,7 @@ def fleet(tmp_path, pg, fleet_db, vault, aws_env):
 
 
 def shared(pg, db, where="true"):
-    return pg.query(
-        db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}"
-    )
+    return pg.query(db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}")
 
 
 def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault):
@@ -87,42 +85,30 @@ def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault
     ]
     by_host = desk.broker("leases", "--fleet", "--host", "host-b", "--role", "deploy", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(by_host.stdout)))
-    assert (
-        len(parsed) == 3
-        and {r["host"] for r in parsed} == {"host-b"}
-        and parsed[0]["issued_at"].endswith("Z")
-    )
-    assert (
-        len(json.loads(desk.broker("leases", "--fleet", "--user", "userc", "--format", "json").stdout)) == 4
-    )
+    assert len(parsed) == 3 and {r["host"] for r in parsed} == {"host-b"} and parsed[0]["issued_at"].endswith("Z")
+    assert len(json.loads(desk.broker("leases", "--fleet", "--user", "userc", "--format", "json").stdout)) == 4
     table = desk.broker("leases", "--fleet", "--state", "active", "--role", "ci")
     assert table.returncode == 0 and table.stdout.count("host-") == 3 and "HOST" in table.stdout
     empty = desk.broker("leases", "--fleet", "--host", "nowhere")
     assert empty.returncode == 0 and empty.stdout == "" and "fleet ledger match" in empty.stderr
     # A host's own login sees its own rows only.
-    assert {
-        r["host"] for r in json.loads(hosts[0].broker("leases", "--fleet", "--format", "json").stdout)
-    } == {"host-a"}
+    assert {r["host"] for r in json.loads(hosts[0].broker("leases", "--fleet", "--format", "json").stdout)} == {
+        "host-a"
+    }
     bad = desk.broker("leases", "--host", "host-a")
     assert bad.returncode == 2 and "--fleet" in bad.stderr
 
     # `revoke --fleet --role deploy`: every host's deploy leases, once each.
     deploy = {row[0] for row in shared(pg, fleet_db, "role = 'deploy'")}
-    dry = desk.broker(
-        "revoke", "--fleet", "--role", "deploy", "--dry-run", "--format", "json", **RESPONDER_ENV
-    )
+    dry = desk.broker("revoke", "--fleet", "--role", "deploy", "--dry-run", "--format", "json", **RESPONDER_ENV)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["summary"]["would_revoke"] == 9 and not vault.revoke_calls
     table = desk.broker("revoke", "--fleet", "--role", "deploy", "--dry-run", **RESPONDER_ENV)
-    assert (
-        table.returncode == 0 and "would revoke" in table.stdout and "WARNING: Vault cannot" in table.stdout
-    )
+    assert table.returncode == 0 and "would revoke" in table.stdout and "WARNING: Vault cannot" in table.stdout
     refused = desk.broker("revoke", "--fleet", "--role", "deploy", **RESPONDER_ENV)
     assert refused.returncode == 2 and "--yes" in refused.stderr and not vault.revoke_calls
 
-    result = desk.broker(
-        "revoke", "--fleet", "--role", "deploy", "--yes", "--format", "json", **RESPONDER_ENV
-    )
+    result = desk.broker("revoke", "--fleet", "--role", "deploy", "--yes", "--format", "json", **RESPONDER_ENV)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["summary"]["revoked"] == 9 and report["selector"]["fleet"] is True
@@ -153,14 +139,10 @@ def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault
 
 def test_fleet_revoke_by_host_user_and_lease_id(pg, fleet_db, fleet, vault):
     hosts, (desk, _) = fleet
-    by_host = desk.broker(
-        "revoke", "--fleet", "--host", "host-b", "--yes", "--format", "json", **RESPONDER_ENV
-    )
+    by_host = desk.broker("revoke", "--fleet", "--host", "host-b", "--yes", "--format", "json", **RESPONDER_ENV)
     assert json.loads(by_host.stdout)["summary"]["revoked"] == 4
     assert {r[1] for r in shared(pg, fleet_db, "state = 'revoked'")} == {"host-b"}
-    by_user = desk.broker(
-        "revoke", "--fleet", "--user", "userc", "--yes", "--format", "json", **RESPONDER_ENV
-    )
+    by_user = desk.broker("revoke", "--fleet", "--user", "userc", "--yes", "--format", "json", **RESPONDER_ENV)
     assert json.loads(by_user.stdout)["summary"]["revoked"] == 4
     (one,) = [r[0] for r in shared(pg, fleet_db, "host = 'host-a' AND role = 'ci'")]
     revoked_b = shared(pg, fleet_db, "host = 'host-b'")[0][0]
@@ -211,9 +193,7 @@ def test_partial_failure_keeps_rows_active_and_a_rerun_finishes(pg, fleet_db, fl
 
 
 def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_db, vault, aws_env):
-    hosts = [
-        Host(tmp_path, f"node-{i}", pg.url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)
-    ]
+    hosts = [Host(tmp_path, f"node-{i}", pg.url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)]
     leases = []
     for host in hosts:
         issued = issue(vault, 20)
@@ -274,9 +254,7 @@ def test_a_fleet_revoke_stops_the_next_credential_process_serving(tmp_path, pg, 
         time.sleep(0.05)
     assert host.pending() == 0
     desk = Host(tmp_path, "desk-1", pg.url("resp_1", fleet_db), user="oncall")
-    result = desk.broker(
-        "revoke", "--fleet", "--host", "laptop", "--yes", "--format", "json", **RESPONDER_ENV
-    )
+    result = desk.broker("revoke", "--fleet", "--host", "laptop", "--yes", "--format", "json", **RESPONDER_ENV)
     assert json.loads(result.stdout)["summary"]["revoked"] == 1
     assert host.broker("ledger", "sync").returncode == 0
     second = json.loads(host.broker("credential-process", "--profile", "deploy").stdout)
@@ -300,8 +278,7 @@ def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
     with pg.superuser(fleet_db) as conn:
         conn.execute("SET ROLE resp_1")
         conn.execute(
-            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' "
-            "WHERE lease_id = %s",
+            "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' WHERE lease_id = %s",
             (live,),
         )
     assert host.broker("prune", "--quiet").returncode == 0

@@ -69,9 +69,7 @@ def _seed_mixed(db):
     insert_rows(
         db,
         [
-            lease_row(
-                lease_id="aws/creds/ci/a", profile="p1", role="ci", issued_at=now - 300, expires_at=now + 3300
-            ),
+            lease_row(lease_id="aws/creds/ci/a", profile="p1", role="ci", issued_at=now - 300, expires_at=now + 3300),
             lease_row(
                 lease_id="aws/sts/deploy/b",
                 role="deploy",

@@ -43,8 +43,14 @@ def test_fifty_processes_twenty_rounds(vault):
         procs = []
         for index in range(PROCESSES):
             args = command_for(index, round_)
-            procs.append((args, subprocess.Popen(broker_argv(*args), env=env, stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True)))
+            procs.append(
+                (
+                    args,
+                    subprocess.Popen(
+                        broker_argv(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                    ),
+                )
+            )
         for args, proc in procs:
             out, err = proc.communicate(timeout=120)
             ran += 1

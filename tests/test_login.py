@@ -87,14 +87,17 @@ def test_login_url_for_an_assumed_role(vault, aws_env, federation):
     assert url.startswith(federation.url + "?")
     login = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     assert login == {
-        "Action": "login", "Issuer": "broker", "SigninToken": SIGNIN_TOKEN,
+        "Action": "login",
+        "Issuer": "broker",
+        "SigninToken": SIGNIN_TOKEN,
         "Destination": "https://eu-west-1.console.aws.amazon.com/s3/home?region=eu-west-1",
     }
     (asked,) = federation.requests
     assert asked["Action"] == "getSigninToken" and asked["path"] == "/federation"
     credential = exported("dev")  # the cached credential it used
     assert json.loads(asked["Session"]) == {
-        "sessionId": credential["AccessKeyId"], "sessionKey": credential["SecretAccessKey"],
+        "sessionId": credential["AccessKeyId"],
+        "sessionKey": credential["SecretAccessKey"],
         "sessionToken": credential["SessionToken"],
     }
     assert 900 <= int(asked["SessionDuration"]) <= 3600  # the credential's remaining life
@@ -164,7 +167,10 @@ def test_destination_and_partitions():
     assert console.destination("eu-west-1", "ec2/home#Instances:") == (
         "https://eu-west-1.console.aws.amazon.com/ec2/home?region=eu-west-1#Instances:"
     )
-    assert console.destination("cn-north-1", "s3/home?x=1") == "https://cn-north-1.console.amazonaws.cn/s3/home?x=1&region=cn-north-1"
+    assert (
+        console.destination("cn-north-1", "s3/home?x=1")
+        == "https://cn-north-1.console.amazonaws.cn/s3/home?x=1&region=cn-north-1"
+    )
     assert console.default_federation_url("us-gov-west-1") == "https://signin.amazonaws-us-gov.com/federation"
     assert console.default_federation_url(None) == "https://signin.aws.amazon.com/federation"
     assert console.session_duration("assumed_role", 100_000, 0) == 43200

@@ -19,7 +19,9 @@ def test_wheel_installs_and_migrates_a_new_database(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
-        check=True, timeout=120, capture_output=True,
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
     (wheel,) = dist.glob("broker-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -30,16 +32,30 @@ def test_wheel_installs_and_migrates_a_new_database(tmp_path):
     target = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=True).create(target)
     python = target / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
-                   check=True, timeout=240, capture_output=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True,
+        timeout=240,
+        capture_output=True,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     db = tmp_path / "elsewhere" / "ledger.db"
     broker = str(target / "bin" / "broker")
-    for args in (["profile", "add", "dev", "--mount", "aws", "--role", "deploy"], ["profile", "list", "--format", "csv"]):
-        result = subprocess.run([broker, "--db", str(db), *args], cwd=tmp_path, env=env, capture_output=True,
-                                text=True, timeout=60)
+    for args in (
+        ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"],
+        ["profile", "list", "--format", "csv"],
+    ):
+        result = subprocess.run(
+            [broker, "--db", str(db), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
     assert "dev,aws,deploy" in result.stdout
-    located = subprocess.run([str(python), "-c", "from broker import db; print(db.migrations_dir())"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    located = subprocess.run(
+        [str(python), "-c", "from broker import db; print(db.migrations_dir())"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert located.stdout.strip().startswith(str(target))

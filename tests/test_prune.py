@@ -53,10 +53,7 @@ def test_prune_removes_exactly_the_rows_past_their_expiry(capsys):
 
     code, out, err = cli(capsys, "prune", "--dry-run")
     assert code == 0 and err == ""
-    assert (
-        out
-        == "would remove 14 ledger rows (9 expired, 5 revoked); kept 1 not yet pushed to the fleet ledger\n"
-    )
+    assert out == "would remove 14 ledger rows (9 expired, 5 revoked); kept 1 not yet pushed to the fleet ledger\n"
     assert count() == 27
 
     code, out, err = cli(capsys, "prune")
@@ -122,9 +119,7 @@ def test_prune_racing_ten_credential_process_calls(vault):
     pruner = _spawn(["prune"])
     wait_for(lambda: count() < 100_001 or pruner.poll() is not None, timeout=30, interval=0.01)
     hits = [_spawn(["credential-process", "--mount", "aws", "--role", "ci"]) for _ in range(6)]
-    misses = [
-        _spawn(["credential-process", "--mount", "aws", "--role", "deploy", "--no-cache"]) for _ in range(4)
-    ]
+    misses = [_spawn(["credential-process", "--mount", "aws", "--role", "deploy", "--no-cache"]) for _ in range(4)]
     outputs = []
     for proc in [pruner, *hits, *misses]:
         out, err = proc.communicate(timeout=120)

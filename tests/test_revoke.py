@@ -60,9 +60,7 @@ def test_deny_policies_for_assumed_role_sessions_and_role_wide():
         "DateLessThan": {"aws:TokenIssueTime": "2026-05-28T20:26:40Z"}
     }
     command = sessions.command()
-    assert command.startswith(
-        "aws iam put-role-policy --role-name ROLE_NAME --policy-name broker-deny-sessions-"
-    )
+    assert command.startswith("aws iam put-role-policy --role-name ROLE_NAME --policy-name broker-deny-sessions-")
     assert json.loads(command.split("--policy-document ", 1)[1].strip("'")) == sessions.policy
 
 
@@ -76,9 +74,7 @@ def test_deny_policies_use_role_id_and_role_name_when_known():
 
 
 def test_deny_policies_without_session_names_fall_back_to_role_wide():
-    policies = revoke.deny_policies(
-        [_target(), _target(role_session_name=None, lease_id="aws/sts/deploy/z")], NOW
-    )
+    policies = revoke.deny_policies([_target(), _target(role_session_name=None, lease_id="aws/sts/deploy/z")], NOW)
     assert [p.scope for p in policies] == ["issued-before"]
 
 
@@ -163,9 +159,7 @@ def lease_for(key_id):
 def aws_works(moto_server, creds) -> bool:
     from botocore.exceptions import ClientError
 
-    client = moto_server.client(
-        "sts", (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("SessionToken"))
-    )
+    client = moto_server.client("sts", (creds["AccessKeyId"], creds["SecretAccessKey"], creds.get("SessionToken")))
     try:
         client.get_caller_identity()
         return True
@@ -218,9 +212,7 @@ def test_dry_run_changes_nothing(vault, cli):
 # -- iam_user: revoke really kills the key -------------------------------------------------------------
 
 
-def test_revoking_an_iam_user_lease_deletes_the_key_and_the_cache_issues_anew(
-    vault, aws_env, moto_server, cli
-):
+def test_revoking_an_iam_user_lease_deletes_the_key_and_the_cache_issues_anew(vault, aws_env, moto_server, cli):
     creds = issue("--mount", "aws", "--role", "ci")
     assert aws_works(moto_server, creds)
     row = lease_for(creds["AccessKeyId"])
@@ -326,9 +318,7 @@ def test_one_failure_among_many_is_listed_with_the_successes(vault, cli):
 # -- STS honesty ---------------------------------------------------------------------------------------
 
 
-def test_sts_revoke_says_the_credentials_stay_valid_and_prints_the_deny_policy(
-    vault, aws_env, moto_server, cli
-):
+def test_sts_revoke_says_the_credentials_stay_valid_and_prints_the_deny_policy(vault, aws_env, moto_server, cli):
     creds = issue("--mount", "aws", "--role", "deploy")
     row = lease_for(creds["AccessKeyId"])
     assert row["role_session_name"]
@@ -368,10 +358,7 @@ def test_json_report_of_a_mixed_run(vault, cli):
 
 
 def test_lease_is_revoked_in_the_namespace_it_was_issued_in(vault, cli):
-    assert (
-        cli(["profile", "add", "t1", "--mount", "aws", "--role", "deploy", "--namespace", "team1"]).returncode
-        == 0
-    )
+    assert cli(["profile", "add", "t1", "--mount", "aws", "--role", "deploy", "--namespace", "team1"]).returncode == 0
     creds = issue("--profile", "t1")
     row = lease_for(creds["AccessKeyId"])
     assert row["namespace"] == "team1" and row["lease_id"] in vault.live_leases()
@@ -503,9 +490,7 @@ def _on_a_terminal(args, answer: bytes, timeout: float = 30.0) -> tuple[int, str
 
 
 def test_a_terminal_is_asked_and_no_means_nothing_happens(vault):
-    seed_leases(
-        os.environ["BROKER_DB"], 5, credential_type="assumed_role", role="deploy", vault_addr=vault.url
-    )
+    seed_leases(os.environ["BROKER_DB"], 5, credential_type="assumed_role", role="deploy", vault_addr=vault.url)
     code, out, terminal = _on_a_terminal(["revoke", "--all"], b"n\n")
     assert "Revoke 5 leases (all active leases: 5 assumed_role)? [y/N]" in terminal
     assert code == 1 and "aborted" in terminal and out == ""
@@ -514,9 +499,7 @@ def test_a_terminal_is_asked_and_no_means_nothing_happens(vault):
 
 
 def test_a_terminal_that_says_yes_gets_a_progress_bar(vault):
-    seed_leases(
-        os.environ["BROKER_DB"], 40, credential_type="assumed_role", role="deploy", vault_addr=vault.url
-    )
+    seed_leases(os.environ["BROKER_DB"], 40, credential_type="assumed_role", role="deploy", vault_addr=vault.url)
     code, out, terminal = _on_a_terminal(["revoke", "--all"], b"y\n")
     assert code == 0, terminal
     assert "revoking" in terminal and "100%" in terminal

@@ -120,10 +120,16 @@ def test_a_stale_lock_file_never_blocks(vault, tmp_path):
     db = os.environ["BROKER_DB"]
     run_broker("profile", "add", "dev", "--mount", "aws", "--role", "deploy")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from broker import locks; locks.acquire(sys.argv[1], 5); print('held', flush=True); time.sleep(60)",
-         locks.lock_path(db, "anything")],
-        env=child_env(), stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from broker import locks; locks.acquire(sys.argv[1], 5); "
+            "print('held', flush=True); time.sleep(60)",
+            locks.lock_path(db, "anything"),
+        ],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
@@ -143,8 +149,12 @@ def test_verbose_issue_keeps_stdout_json_only(vault):
 def test_killed_caller_still_records_the_lease(vault):
     """kill -9 of credential-process while Vault works: the forked worker records the lease."""
     vault.latency = 0.8
-    proc = subprocess.Popen(broker_argv("credential-process", "--mount", "aws", "--role", "deploy"),
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        broker_argv("credential-process", "--mount", "aws", "--role", "deploy"),
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while not vault.requests and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -18,6 +18,7 @@ import pytest
 from broker import credserver
 from tests.brokerproc import assert_one_line_error, child_env, run_broker
 
+
 def add_profile(name: str, *flags: str) -> None:
     from click.testing import CliRunner
 
@@ -69,8 +70,13 @@ class Serving:
 
 
 def start_serve(*args: str) -> Serving:
-    proc = subprocess.Popen([sys.executable, "-m", "broker", *args], env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = read_lines(proc.stdout, 2)
     except AssertionError:
@@ -80,7 +86,7 @@ def start_serve(*args: str) -> Serving:
     exports = {}
     for line in lines:
         assert line.startswith("export AWS_CONTAINER_"), line
-        name, _, value = line[len("export "):].partition("=")
+        name, _, value = line[len("export ") :].partition("=")
         exports[name] = value
     return Serving(proc, exports)
 
@@ -98,9 +104,12 @@ def test_serve_answers_the_sdk_and_refuses_without_the_token(serving, aws_env):
     from botocore.credentials import ContainerProvider
 
     assert serving.url.startswith("http://127.0.0.1:") and serving.url.endswith("/")
-    credentials = ContainerProvider(environ={
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI": serving.url, "AWS_CONTAINER_AUTHORIZATION_TOKEN": serving.token,
-    }).load()
+    credentials = ContainerProvider(
+        environ={
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": serving.url,
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": serving.token,
+        }
+    ).load()
     assert credentials.method == "container-role"
     frozen = credentials.get_frozen_credentials()
     arn = aws_env.client("sts", (frozen.access_key, frozen.secret_key, frozen.token)).get_caller_identity()["Arn"]
@@ -177,4 +186,9 @@ def test_container_body_always_has_a_token_field():
     from broker.execenv import Keys
 
     body = credserver.container_body(Keys("AKIAEXAMPLE", "s", None, 0))
-    assert body == {"AccessKeyId": "AKIAEXAMPLE", "SecretAccessKey": "s", "Token": "", "Expiration": "1970-01-01T00:00:00Z"}
+    assert body == {
+        "AccessKeyId": "AKIAEXAMPLE",
+        "SecretAccessKey": "s",
+        "Token": "",
+        "Expiration": "1970-01-01T00:00:00Z",
+    }

@@ -91,9 +91,7 @@ def test_generate_credentials_envelope(vault: VaultDouble, role: str, ctype: str
         assert resp["renewable"] is False
         assert resp["lease_duration"] == 3599
         expected = {"access_key", "secret_key", "security_token"}
-        expected |= {"assumed_role": {"arn", "ttl"}, "federation_token": {"ttl"}, "session_token": set()}[
-            ctype
-        ]
+        expected |= {"assumed_role": {"arn", "ttl"}, "federation_token": {"ttl"}, "session_token": set()}[ctype]
         assert set(data) == expected
         assert data.get("ttl", 3599) == 3599
         assert data["security_token"]
@@ -137,12 +135,8 @@ def test_iam_user_key_works_until_revoked(vault: VaultDouble, moto_server: MotoS
 
 
 def test_moto_enforces_authentication(vault: VaultDouble, moto_server: MotoServer) -> None:
-    assert_rejected_by_moto(
-        moto_server, ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY")
-    )
-    assert caller_arn(moto_server, vault.aws_admin).startswith(
-        "arn:aws:iam::123456789012:user/vault-double-admin-"
-    )
+    assert_rejected_by_moto(moto_server, ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"))
+    assert caller_arn(moto_server, vault.aws_admin).startswith("arn:aws:iam::123456789012:user/vault-double-admin-")
 
 
 @pytest.mark.parametrize("role", ["deploy", "fed", "sess"])
@@ -155,9 +149,7 @@ def test_sts_keys_work_and_survive_revoke(vault: VaultDouble, moto_server: MotoS
     arn = caller_arn(moto_server, creds)
     if role == "deploy":
         assert arn == resp["data"]["arn"]
-        assert re.fullmatch(
-            r"arn:aws:sts::123456789012:assumed-role/vault-double-aws-deploy/vault-\d{10}-\w{15}", arn
-        )
+        assert re.fullmatch(r"arn:aws:sts::123456789012:assumed-role/vault-double-aws-deploy/vault-\d{10}-\w{15}", arn)
         assert moto_server.client("s3", creds).list_buckets()["Buckets"] is not None
     with pytest.raises(hx.InvalidRequest) as info:
         hv.sys.renew_lease(resp["lease_id"])
@@ -256,14 +248,12 @@ def test_legacy_roles_are_bound_to_their_path(vault: VaultDouble) -> None:
     with pytest.raises(hx.InvalidRequest) as info:
         aws.generate_credentials("old-iam", endpoint="sts")
     assert info.value.errors == [
-        "attempted to retrieve iam_user credentials through the sts path;"
-        " this is not allowed for legacy roles"
+        "attempted to retrieve iam_user credentials through the sts path; this is not allowed for legacy roles"
     ]
     with pytest.raises(hx.InvalidRequest) as info:
         aws.generate_credentials("old-sts")
     assert info.value.errors == [
-        "attempted to retrieve assumed_role credentials through the creds path;"
-        " this is not allowed for legacy roles"
+        "attempted to retrieve assumed_role credentials through the creds path; this is not allowed for legacy roles"
     ]
 
 
@@ -294,9 +284,7 @@ def test_error_statuses_and_bodies(vault: VaultDouble) -> None:
         f"{vault.url}/v1/aws/creds/deploy", headers={"X-Vault-Token": "root-token"}, timeout=10
     )
     assert wrong_method.status_code == 405 and wrong_method.json() == {"errors": ["unsupported operation"]}
-    unknown = requests.get(
-        f"{vault.url}/v1/secret/data/x", headers={"X-Vault-Token": "root-token"}, timeout=10
-    )
+    unknown = requests.get(f"{vault.url}/v1/secret/data/x", headers={"X-Vault-Token": "root-token"}, timeout=10)
     assert unknown.status_code == 404 and unknown.headers["Content-Type"] == "application/json"
     assert "errors" in unknown.json()
     empty_revoke = requests.put(
@@ -305,9 +293,7 @@ def test_error_statuses_and_bodies(vault: VaultDouble) -> None:
         headers={"X-Vault-Token": "root-token"},
         timeout=10,
     )
-    assert empty_revoke.status_code == 400 and empty_revoke.json() == {
-        "errors": ["lease_id must be specified"]
-    }
+    assert empty_revoke.status_code == 400 and empty_revoke.json() == {"errors": ["lease_id must be specified"]}
 
 
 def test_tokens_and_policies(vault: VaultDouble) -> None:
@@ -352,11 +338,7 @@ def test_sealed_and_health(vault: VaultDouble) -> None:
     with pytest.raises(hx.VaultDown):
         hv.sys.revoke_lease("aws/creds/deploy/x")
     sealed = hv.sys.read_health_status(method="GET")
-    assert (
-        isinstance(sealed, requests.Response)
-        and sealed.status_code == 503
-        and sealed.json()["sealed"] is True
-    )
+    assert isinstance(sealed, requests.Response) and sealed.status_code == 503 and sealed.json()["sealed"] is True
     vault.sealed = False
     assert hv.secrets.aws.generate_credentials("deploy")["data"]["access_key"]
 
@@ -424,14 +406,10 @@ def test_namespaces(vault: VaultDouble, moto_server: MotoServer) -> None:
         "aws/creds/deploy",
     )
 
-    dev_header = client(vault, namespace="ns1").secrets.aws.generate_credentials(
-        "deploy", mount_point="aws/dev"
-    )
+    dev_header = client(vault, namespace="ns1").secrets.aws.generate_credentials("deploy", mount_point="aws/dev")
     dev_prefix = client(vault).secrets.aws.generate_credentials("deploy", mount_point="ns1/aws/dev")
     for resp in (dev_header, dev_prefix):
-        assert re.fullmatch(
-            rf"aws/dev/creds/deploy/[A-Za-z0-9]{{24}}\.{vault.namespace_id('ns1')}", resp["lease_id"]
-        )
+        assert re.fullmatch(rf"aws/dev/creds/deploy/[A-Za-z0-9]{{24}}\.{vault.namespace_id('ns1')}", resp["lease_id"])
     with pytest.raises(hx.InvalidPath):
         client(vault, namespace="ns1").secrets.aws.generate_credentials("ci")  # no mount "aws" in ns1
 

@@ -82,9 +82,7 @@ _PROBE_HEADER = "X-Vault-Double-Probe"
 AWS_REGION = "us-east-1"
 BASE62 = string.ascii_letters + string.digits
 _SESSION_NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9+=,.@_-]")
-_ALLOW_ALL = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-)
+_ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 _TRUST_ANYONE = json.dumps(
     {
         "Version": "2012-10-17",
@@ -225,9 +223,7 @@ def parse_duration(value: Any, field: str = "ttl") -> int | None:
         sign = -1 if body[0] == "-" else 1
         body = body[1:]
     if not _GO_DURATION.fullmatch(body):
-        raise _VaultError(
-            400, [f'error converting input {text} for field "{field}": time: invalid duration "{text}"']
-        )
+        raise _VaultError(400, [f'error converting input {text} for field "{field}": time: invalid duration "{text}"'])
     total = sum(float(num) * _GO_UNITS[unit] for num, unit in _GO_PART.findall(body))
     return sign * int(total)
 
@@ -358,9 +354,7 @@ def _boto_config() -> Any:
     )
 
 
-def _aws_client(
-    endpoint: str, service: str, access_key: str, secret_key: str, token: str | None = None
-) -> Any:
+def _aws_client(endpoint: str, service: str, access_key: str, secret_key: str, token: str | None = None) -> Any:
     with _BOTO_LOCK:  # creating clients from one session is not thread-safe; using them is
         return _botocore_session().create_client(
             service,
@@ -674,9 +668,7 @@ class VaultDouble:
             if time.monotonic() >= deadline:
                 break
             try:
-                with socket.create_connection(
-                    ("127.0.0.1", int(self.url.rsplit(":", 1)[1])), timeout=1.0
-                ) as sock:
+                with socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), timeout=1.0) as sock:
                     sock.sendall(f"GET /v1/sys/health HTTP/1.0\r\n{_PROBE_HEADER}: 1\r\n\r\n".encode())
                     sock.settimeout(2.0)
                     if sock.recv(12).startswith(b"HTTP/1."):
@@ -707,9 +699,7 @@ class VaultDouble:
 
     # ------------------------------------------------------------------ configuration
 
-    def add_token(
-        self, token: str, *, policies: Iterable[str] = DEFAULT_POLICIES, sudo: bool = False
-    ) -> None:
+    def add_token(self, token: str, *, policies: Iterable[str] = DEFAULT_POLICIES, sudo: bool = False) -> None:
         policies = frozenset(policies)
         unknown = policies - ALL_POLICIES
         if unknown:
@@ -774,9 +764,7 @@ class VaultDouble:
 
     def _materialise_role(self, role: _Role) -> None:
         assert self._aws is not None
-        slug = re.sub(
-            r"[^A-Za-z0-9+=,.@_-]", "-", "/".join(p for p in (role.namespace, role.mount, role.name) if p)
-        )
+        slug = re.sub(r"[^A-Za-z0-9+=,.@_-]", "-", "/".join(p for p in (role.namespace, role.mount, role.name) if p))
         arn = self._aws.ensure_role(f"vault-double-{slug}"[:64])
         role.role_arns = [arn]
 
@@ -1040,9 +1028,7 @@ class VaultDouble:
             if rel.startswith(base):
                 self._allow(method, ("PUT", "POST"))
                 self._require_sudo(token)
-                return self._lease_revoke_prefix(
-                    ns, rel[len(base) :], force=op == "revoke-force", params=params
-                )
+                return self._lease_revoke_prefix(ns, rel[len(base) :], force=op == "revoke-force", params=params)
         if rel == "auth/token/lookup-self":
             self._allow(method, ("GET", "POST", "PUT"))
             self._require(token, "lookup")
@@ -1274,9 +1260,7 @@ class VaultDouble:
             ttl = role.max_sts_ttl
         return ttl
 
-    def _issue_sts(
-        self, ns: str, role: _Role, request_path: str, params: dict[str, Any], display: str
-    ) -> _Reply:
+    def _issue_sts(self, ns: str, role: _Role, request_path: str, params: dict[str, Any], display: str) -> _Reply:
         assert self._aws is not None
         ctype = role.credential_type
         prefix = "Error assuming role" if ctype == "assumed_role" else "Error generating STS keys"
@@ -1287,9 +1271,7 @@ class VaultDouble:
             requested_arn = str(params.get("role_arn") or "")
             if not requested_arn:
                 if len(role.role_arns) != 1:
-                    raise _VaultError(
-                        400, ["did not supply a role_arn parameter and unable to determine one"]
-                    )
+                    raise _VaultError(400, ["did not supply a role_arn parameter and unable to determine one"])
                 role_arn = role.role_arns[0]
             elif requested_arn not in role.role_arns:
                 raise _VaultError(
@@ -1316,9 +1298,7 @@ class VaultDouble:
         arn: str | None = None
         try:
             if ctype == "assumed_role":
-                out = self._aws.sts.assume_role(
-                    RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=ttl
-                )
+                out = self._aws.sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=ttl)
                 creds = out["Credentials"]
                 arn = out["AssumedRoleUser"]["Arn"]
             else:
@@ -1385,9 +1365,7 @@ class VaultDouble:
             self.issued.append(record)
         return _Reply(
             200,
-            _envelope(
-                lease_id=lease_id, renewable=False, lease_duration=0 if no_lease else duration, data=data
-            ),
+            _envelope(lease_id=lease_id, renewable=False, lease_duration=0 if no_lease else duration, data=data),
         )
 
     @staticmethod

@@ -32,7 +32,9 @@ def key_rotate(app) -> None:
     from broker import keys
 
     result = keys.rotate(app)
-    click.echo(f"rotated: {result.reencrypted} secret(s) re-encrypted, {result.discarded} unreadable discarded", err=True)
+    click.echo(
+        f"rotated: {result.reencrypted} secret(s) re-encrypted, {result.discarded} unreadable discarded", err=True
+    )
 
 
 @key.command(name="generate")

@@ -56,23 +56,17 @@ def leases_command(app: App, profile, mount, role, state, fmt, fleet_wide, host,
     if fleet_wide:
         from broker import fleet
 
-        selector = fleet.FleetSelector(
-            profile=profile, mount=mount, role=role, host=host, user=user, state=state
-        )
+        selector = fleet.FleetSelector(profile=profile, mount=mount, role=role, host=host, user=user, state=state)
         if fmt == "json":  # each row's JSON text is kept by PostgreSQL: 100,000 rows in well under a second
             count = output.json_array(fleet.json_rows(app, selector))
         else:
             listing = fleet.listing(app, selector, table=fmt == "table")
-            count = output.render(
-                listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths
-            )
+            count = output.render(listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths)
     else:
         listing = audit.list_leases(
             app, audit.LeaseFilter(profile=profile, mount=mount, role=role, state=state), table=fmt == "table"
         )
-        count = output.render(
-            listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths
-        )
+        count = output.render(listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths)
     if not count and fmt == "table":
         click.echo(f"no leases in the {'fleet ' if fleet_wide else ''}ledger match", err=True)
 
@@ -92,9 +86,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 
 @cli.command(name="revoke")
 @click.option("--lease-id", "lease_ids", multiple=True, metavar="ID", help="A lease to revoke (repeatable).")
-@click.option(
-    "--role", metavar="ROLE", help="Every active lease of this Vault role (with --mount: on that mount)."
-)
+@click.option("--role", metavar="ROLE", help="Every active lease of this Vault role (with --mount: on that mount).")
 @click.option("--mount", metavar="MOUNT", help="Every active lease from this mount (or narrows --role).")
 @click.option("--profile", metavar="NAME", help="Every active lease issued for this profile.")
 @click.option("--all", "all_leases", is_flag=True, help="Every active lease in the ledger.")
@@ -105,9 +97,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
     "revokes leases issued to anyone).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be revoked; change nothing.")
-@click.option(
-    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal)."
-)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @click.option(
     "--format",
     "fmt",
@@ -153,9 +143,7 @@ def revoke(
         run = revoking.revoke_matching
     interactive = sys.stdin.isatty()
     if not (yes or dry_run or interactive):
-        raise UsageError(
-            "stdin is not a terminal: add --yes to revoke, or --dry-run to see what would be revoked"
-        )
+        raise UsageError("stdin is not a terminal: add --yes to revoke, or --dry-run to see what would be revoked")
     confirm = None if (yes or dry_run) else (lambda text: click.confirm(text, abort=True, err=True))
     progress = (
         (lambda total: click.progressbar(length=total, label="revoking", file=sys.stderr))
@@ -189,9 +177,7 @@ def renew(app: App, lease_ids, profile, all_leases, increment) -> None:
 
     selector = renewing.RenewSelector(lease_ids=tuple(lease_ids), profile=profile, all=all_leases).validated()
     report = renewing.renew_matching(app, selector, increment=increment)
-    output.render(
-        renewing.report_rows(report), "table", renewing.REPORT_COLUMNS, headers=renewing.REPORT_HEADERS
-    )
+    output.render(renewing.report_rows(report), "table", renewing.REPORT_COLUMNS, headers=renewing.REPORT_HEADERS)
     click.echo(report.summary())
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(report.results)} renewals failed (see above)")

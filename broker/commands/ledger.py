@@ -74,7 +74,6 @@ def ledger_sync(app, quiet: bool, background: bool) -> None:
     if quiet or background or not result.ran:
         return
     click.echo(
-        f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); "
-        f"{result.pending} pending",
+        f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); {result.pending} pending",
         err=True,
     )

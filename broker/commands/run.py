@@ -14,7 +14,7 @@ class _CommandAfterDashes(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if "--" in args:
             cut = args.index("--")
-            ctx.meta["broker.command"] = args[cut + 1:]
+            ctx.meta["broker.command"] = args[cut + 1 :]
             args = args[:cut]
         else:
             ctx.meta["broker.command"] = None
@@ -26,9 +26,12 @@ class _CommandAfterDashes(click.Command):
 
 @cli.command(name="exec", cls=_CommandAfterDashes, short_help="Run a command with PROFILE's credentials.")
 @click.argument("profile")
-@click.option("--server", is_flag=True,
-              help="Serve fresh credentials to the command on a loopback endpoint instead of putting keys in its "
-                   "environment (for runs longer than one credential lives).")
+@click.option(
+    "--server",
+    is_flag=True,
+    help="Serve fresh credentials to the command on a loopback endpoint instead of putting keys in its "
+    "environment (for runs longer than one credential lives).",
+)
 @click.option("--force", is_flag=True, help="Run even inside another `broker exec` (BROKER_PROFILE set).")
 @click.pass_context
 def exec_(ctx: click.Context, profile: str, server: bool, force: bool) -> int:
@@ -44,7 +47,9 @@ def exec_(ctx: click.Context, profile: str, server: bool, force: bool) -> int:
 
     command = ctx.meta.get("broker.command")
     if not command:
-        raise click.UsageError("no command to run: give it after --, e.g. broker exec PROFILE -- aws sts get-caller-identity")
+        raise click.UsageError(
+            "no command to run: give it after --, e.g. broker exec PROFILE -- aws sts get-caller-identity"
+        )
     app = ctx.find_object(App)
     if server:
         return launch.exec_with_server(app, profile, command, force=force)
@@ -68,8 +73,14 @@ def serve(app: App, profile: str, port: int | None) -> int:
 
 @cli.command()
 @click.argument("profile")
-@click.option("--format", "fmt", type=click.Choice(["env", "json", "ini"]), default="env", show_default=True,
-              help="env: `export AWS_...=...` lines; json: the credential_process object; ini: a credentials-file section.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["env", "json", "ini"]),
+    default="env",
+    show_default=True,
+    help="env: `export AWS_...=...` lines; json: the credential_process object; ini: a credentials-file section.",
+)
 @pass_app
 def export(app: App, profile: str, fmt: str) -> None:
     """Print PROFILE's credentials, e.g. eval "$(broker export PROFILE)"."""
@@ -83,10 +94,16 @@ def export(app: App, profile: str, fmt: str) -> None:
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
 @click.option("--path", metavar="PAGE", help="Console page to open, e.g. s3/home or ec2/home.")
 @click.option("--region", help="Console region (default: the profile's region).")
-@click.option("--federation-url", envvar="BROKER_FEDERATION_URL", metavar="URL",
-              help="Federation endpoint (env BROKER_FEDERATION_URL; default https://signin.aws.amazon.com/federation).")
+@click.option(
+    "--federation-url",
+    envvar="BROKER_FEDERATION_URL",
+    metavar="URL",
+    help="Federation endpoint (env BROKER_FEDERATION_URL; default https://signin.aws.amazon.com/federation).",
+)
 @pass_app
-def login(app: App, profile: str, to_stdout: bool, path: str | None, region: str | None, federation_url: str | None) -> None:
+def login(
+    app: App, profile: str, to_stdout: bool, path: str | None, region: str | None, federation_url: str | None
+) -> None:
     """Open the AWS console signed in with PROFILE's credentials (assumed_role or federation_token).
 
     The URL signs anyone in who has it, until it is used or expires: it is printed only to stdout.

@@ -99,9 +99,7 @@ def upgrade() -> None:
     op.create_index("ix_fleet_leases_role_mount", "fleet_leases", ["role", "mount"], unique=False)
     op.create_index("ix_fleet_leases_host", "fleet_leases", ["host"], unique=False)
     op.create_index("ix_fleet_leases_os_user", "fleet_leases", ["os_user"], unique=False)
-    op.create_index(
-        "ix_fleet_leases_issued_at_lease_id", "fleet_leases", ["issued_at", "lease_id"], unique=False
-    )
+    op.create_index("ix_fleet_leases_issued_at_lease_id", "fleet_leases", ["issued_at", "lease_id"], unique=False)
 
     # One function before every write: a revoked row stays revoked, whoever updates it later (a
     # host pushing an older local state, a renewal racing a fleet revoke), enforced here rather than
@@ -138,17 +136,13 @@ def upgrade() -> None:
     )
     op.execute(f"CREATE POLICY responder_read ON fleet_leases FOR SELECT TO {RESPONDER_ROLE} USING (true)")
     op.execute(
-        f"CREATE POLICY responder_mark ON fleet_leases FOR UPDATE TO {RESPONDER_ROLE} "
-        "USING (true) WITH CHECK (true)"
+        f"CREATE POLICY responder_mark ON fleet_leases FOR UPDATE TO {RESPONDER_ROLE} USING (true) WITH CHECK (true)"
     )
     op.execute(f"GRANT SELECT, INSERT ON fleet_leases TO {HOST_ROLE}")
-    op.execute(
-        f"GRANT UPDATE (expires_at, state, revoked_at, revoked_by, updated_at) ON fleet_leases TO {HOST_ROLE}"
-    )
+    op.execute(f"GRANT UPDATE (expires_at, state, revoked_at, revoked_by, updated_at) ON fleet_leases TO {HOST_ROLE}")
     op.execute(f"GRANT SELECT ON fleet_leases TO {RESPONDER_ROLE}")
     op.execute(
-        "GRANT UPDATE (state, revoked_at, revoked_by, revoke_error, updated_at) "
-        f"ON fleet_leases TO {RESPONDER_ROLE}"
+        f"GRANT UPDATE (state, revoked_at, revoked_by, revoke_error, updated_at) ON fleet_leases TO {RESPONDER_ROLE}"
     )
     op.execute(f"GRANT SELECT ON {VERSION_TABLE} TO {HOST_ROLE}, {RESPONDER_ROLE}")
 
