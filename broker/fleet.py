@@ -1051,19 +1051,7 @@ def revoke_fleet(
                     outcome = "already_revoked" if target.state == "revoked" else "expired"
                     report.results.append(revoking.Result(target, True, outcome, None, now))
             unknown = [
-                _target_class()(
-                    lease_id=lease_id,
-                    namespace=settings.vault_namespace(),
-                    credential_type="unknown",
-                    access_key_id="",
-                    role="",
-                    mount="",
-                    role_session_name=None,
-                    expires_at=None,
-                    issued_at=None,
-                    vault_addr=addr,
-                    state="unknown",
-                )
+                _target_class().unknown(lease_id, settings.vault_namespace(), addr)
                 for lease_id in dict.fromkeys(selector.lease_ids)
                 if lease_id not in known
             ]

@@ -18,7 +18,15 @@ from sqlalchemy import bindparam, select, update
 from broker import audit, cache, durations
 from broker.errors import UsageError
 from broker.models import Lease
-from broker.revoke import CHUNK, Result, Target, concurrency_from_env, run_concurrently, vault_factory
+from broker.revoke import (
+    CHUNK,
+    TARGET_COLUMNS,
+    Result,
+    Target,
+    concurrency_from_env,
+    run_concurrently,
+    vault_factory,
+)
 
 MAX_INCREMENT = 32 * 86400  # Vault's own ceiling on any lease (32 days)
 
@@ -60,23 +68,7 @@ class RenewReport:
         return f"renew ({self.selector.describe()}): " + (", ".join(parts) if parts else "no active leases")
 
 
-_COLUMNS = [
-    Lease.id,
-    Lease.lease_id,
-    Lease.namespace,
-    Lease.credential_type,
-    Lease.access_key_id,
-    Lease.role,
-    Lease.mount,
-    Lease.role_session_name,
-    Lease.expires_at,
-    Lease.issued_at,
-    Lease.vault_addr,
-    Lease.role_arn,
-    Lease.profile,
-    Lease.state,
-    Lease.renewable,
-]
+_COLUMNS = [*TARGET_COLUMNS, Lease.renewable]
 
 
 def _select(app, selector: RenewSelector, now: int) -> tuple[list[Target], set[int]]:

@@ -66,6 +66,23 @@ class Target:
     row_id: int | None = None  # the local ledger row; None when no ledger row is known
     state: str = "active"  # at selection time: active, expired, revoked, or unknown (not in the ledger)
 
+    @classmethod
+    def unknown(cls, lease_id: str, namespace: str, vault_addr: str):
+        """A lease id no ledger row describes: still sent to Vault, reported as not in the ledger."""
+        return cls(
+            lease_id=lease_id,
+            namespace=namespace,
+            credential_type="unknown",
+            access_key_id="",
+            role="",
+            mount="",
+            role_session_name=None,
+            expires_at=None,
+            issued_at=None,
+            vault_addr=vault_addr,
+            state="unknown",
+        )
+
     @property
     def is_sts(self) -> bool:
         return self.credential_type in STS_TYPES
@@ -179,7 +196,7 @@ class RevokeReport:
 
 # -- 1. selection --------------------------------------------------------------------------------------
 
-_TARGET_COLUMNS = [
+TARGET_COLUMNS = [
     Lease.id,
     Lease.lease_id,
     Lease.namespace,
@@ -245,7 +262,7 @@ def select_targets(app, selector: RevokeSelector, now: int) -> list[Target]:
     if selector.mount:
         where.append(Lease.mount == selector.mount.strip("/"))
     with app.transaction(read_only=True) as session:
-        rows = session.execute(select(*_TARGET_COLUMNS).where(*where).order_by(Lease.id)).all()
+        rows = session.execute(select(*TARGET_COLUMNS).where(*where).order_by(Lease.id)).all()
     return [_target(row, now) for row in rows]
 
 
@@ -255,7 +272,7 @@ def _by_lease_ids(app, lease_ids: Sequence[str], now: int) -> list[Target]:
     with app.transaction(read_only=True) as session:
         for start in range(0, len(wanted), CHUNK):
             chunk = wanted[start : start + CHUNK]
-            for row in session.execute(select(*_TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)):
+            for row in session.execute(select(*TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)):
                 found.setdefault(row[1], []).append(_target(row, now))
     targets = []
     addr, namespace = settings.vault_addr(), settings.vault_namespace()
@@ -265,21 +282,7 @@ def _by_lease_ids(app, lease_ids: Sequence[str], now: int) -> list[Target]:
             active = [t for t in rows if t.state == "active"]
             targets.extend(active or rows[-1:])
         else:
-            targets.append(
-                Target(
-                    lease_id=lease_id,
-                    namespace=namespace,
-                    credential_type="unknown",
-                    access_key_id="",
-                    role="",
-                    mount="",
-                    role_session_name=None,
-                    expires_at=None,
-                    issued_at=None,
-                    vault_addr=addr,
-                    state="unknown",
-                )
-            )
+            targets.append(Target.unknown(lease_id, namespace, addr))
     return targets
 
 
