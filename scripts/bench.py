@@ -36,25 +36,37 @@ def broker_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "broker"]
 
 
-def timed_run(argv: list[str], env: dict) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS KiB, exit code) of one child process."""
+def timed_run(argv: list[str], env: dict) -> tuple[float, int]:
+    """(wall seconds, exit code) of one child process, output discarded."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, usage.ru_maxrss, proc.returncode
+    code = subprocess.call(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started, code
+
+
+# Linux keeps a process's peak RSS across exec(), so a child forked from this (large) benchmark
+# would report this process's memory. A small Python in between spawns the command and reports
+# the command's own peak (its floor is that small Python's RSS, about that of `python -c pass`).
+_RSS_PROBE = (
+    "import os, sys; pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ, "
+    "file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]); "
+    "print(os.wait4(pid, 0)[2].ru_maxrss)"
+)
+
+
+def peak_rss_kib(argv: list[str], env: dict) -> int:
+    probe = subprocess.run([sys.executable, "-c", _RSS_PROBE, *argv], env=env, capture_output=True, text=True)
+    return int(probe.stdout.strip())
 
 
 def medians(argv: list[str], env: dict, runs: int = RUNS) -> tuple[float, int]:
-    """Median wall time and peak RSS over `runs`, interleaving nothing else."""
-    walls, rss = [], []
+    """Median wall time and median peak RSS (KiB) over `runs` each."""
+    walls = []
     for _ in range(runs):
-        wall, peak, code = timed_run(argv, env)
+        wall, code = timed_run(argv, env)
         if code != 0:
             raise SystemExit(f"benchmark command failed ({code}): {' '.join(argv)}")
         walls.append(wall)
-        rss.append(peak)
+    rss = [peak_rss_kib(argv, env) for _ in range(5)]
     return statistics.median(walls), int(statistics.median(rss))
 
 
@@ -76,6 +88,8 @@ class Double:
                 str(self.ready),
                 "--latency-ms",
                 str(latency_ms),
+                "--max-seconds",
+                "1800",
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -85,16 +99,19 @@ class Double:
         deadline = time.monotonic() + 60
         while not self.ready.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise SystemExit("the Vault double did not start")
             time.sleep(0.05)
         self.info = json.loads(self.ready.read_text())
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
 
 
 def environment(workdir: Path, double: Double, name: str) -> dict:
@@ -143,7 +160,7 @@ def scenario_hit(workdir: Path, double: Double) -> None:
     )
     miss_walls = []
     for _ in range(5):
-        wall, _rss, code = timed_run(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)
+        wall, _code = timed_run(broker + ["credential-process", "--profile", "dev", "--no-cache"], env)
         miss_walls.append(wall)
     line(
         "miss (--no-cache, Vault+STS on loopback)",
@@ -249,7 +266,7 @@ def scenario_leases(workdir: Path, double: Double, count: int = 100_000) -> None
     seed_leases(env["BROKER_DB"], count // 4, expired=True, tag="e")
     seed_leases(env["BROKER_DB"], count - count // 2 - count // 4, state="revoked", tag="r")
     wall = _median_process_wall(broker_command() + ["leases", "--format", "json"], env)
-    _w, rss, _c = timed_run(broker_command() + ["leases", "--format", "json"], env)
+    rss = peak_rss_kib(broker_command() + ["leases", "--format", "json"], env)
     line(
         f"leases --format json, {count:,} rows",
         f"{wall:.2f} s",
@@ -268,13 +285,12 @@ def scenario_prune(workdir: Path, double: Double, count: int = 1_000_000) -> Non
     run_ok(broker + ["profile", "add", "dev", "--mount", "aws", "--role", "deploy"], env)
     run_ok(broker + ["credential-process", "--profile", "dev"], env)
     seed_leases(env["BROKER_DB"], count, expired=True)
-    wall, rss, code = timed_run(broker + ["prune", "--quiet"], env)
+    wall, code = timed_run(broker + ["prune", "--quiet"], env)
     line(
         f"prune {count:,} expired rows",
         f"{wall:.2f} s",
         "<= 10 s",
         wall <= 10.0 and code == 0,
-        f"peak RSS {rss / 1024:.0f} MiB",
     )
 
     baseline = [timed_run(broker + ["credential-process", "--profile", "dev"], env)[0] for _ in range(15)]
@@ -306,30 +322,52 @@ SCENARIOS = {
 }
 
 
+LATENCY_MS = {"revoke": 20}  # the Vault double's added latency per scenario
+
+
+def run(chosen: list[str], scenarios: dict, latency_ms: dict, cleanup=None, needs_double=lambda name: True) -> list:
+    """Run the chosen scenarios, one Vault double per latency, and clean up whatever happens."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    doubles: dict[int, Double] = {}
+    figures = []
+    try:
+        for name in chosen:
+            latency = latency_ms.get(name, 0)
+            if needs_double(name) and latency not in doubles:
+                doubles[latency] = Double(workdir, latency)
+            figures.append(scenarios[name](workdir, doubles.get(latency)))
+    finally:
+        for double in doubles.values():
+            double.stop()
+        if cleanup:
+            cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return figures
+
+
 def main() -> None:
+    import bench_fleet  # the fleet ledger's scenarios (PostgreSQL), scripts/bench_fleet.py
+
+    scenarios = {**SCENARIOS, **bench_fleet.SCENARIOS}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(scenarios)}")
     args = parser.parse_args()
-    chosen = args.scenarios or list(SCENARIOS)
-    unknown = set(chosen) - set(SCENARIOS)
+    chosen = args.scenarios or list(scenarios)
+    unknown = set(chosen) - set(scenarios)
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(scenarios)}")
     print(
         f"# broker benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {' '.join(broker_command())}",
         flush=True,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-    doubles: dict[int, Double] = {}
-    try:
-        for name in chosen:
-            latency = 20 if name in ("revoke",) else 0
-            if latency not in doubles:
-                doubles[latency] = Double(workdir, latency)
-            SCENARIOS[name](workdir, doubles[latency])
-    finally:
-        for double in doubles.values():
-            double.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    run(
+        chosen,
+        scenarios,
+        {**LATENCY_MS, **bench_fleet.LATENCY_MS},
+        cleanup=bench_fleet.stop_postgres,
+        needs_double=lambda name: name != "fleet-list",
+    )
 
 
 if __name__ == "__main__":

@@ -22,18 +22,18 @@ import argparse
 import json
 import os
 import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import broker_command, line, run  # noqa: E402 - after the path set-up above
 
 LIST_ROWS = 100_000
 LIST_HOSTS = 200
@@ -43,18 +43,6 @@ MISS_RUNS = 11
 LIST_RUNS = 5
 
 _pg = None  # the PostgresServer the scenarios share
-
-
-def line(name: str, value: str, target: str, ok: bool, detail: str = "") -> None:
-    print(
-        f"{name:<38} {value:<26} target {target:<18} {'ok' if ok else 'MISSED'}  {detail}".rstrip(),
-        flush=True,
-    )
-
-
-def broker_command() -> list[str]:
-    script = Path(sys.executable).with_name("broker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "broker"]
 
 
 def postgres():
@@ -301,46 +289,6 @@ SCENARIOS = {
 LATENCY_MS = {"fleet-revoke": REVOKE_LATENCY_MS}  # the Vault double's added latency per scenario
 
 
-class Double:
-    """`python -m tests.vault_double` (Vault double + moto) as a separate process."""
-
-    def __init__(self, workdir: Path, latency_ms: int = 0):
-        self.ready = workdir / f"double-{latency_ms}.json"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.vault_double",
-                "--ready-file",
-                str(self.ready),
-                "--latency-ms",
-                str(latency_ms),
-                "--max-seconds",
-                "1800",
-            ],
-            cwd=ROOT,
-            env=base_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while not self.ready.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise SystemExit("the Vault double did not start")
-            time.sleep(0.05)
-        self.info = json.loads(self.ready.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
@@ -355,21 +303,7 @@ def main() -> None:
         f"{' '.join(broker_command())}",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop PostgreSQL and the double on the way out
-    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-fleet-"))
-    doubles: dict[int, Double] = {}
-    figures = []
-    try:
-        for name in chosen:
-            latency = LATENCY_MS.get(name, 0)
-            if name != "fleet-list" and latency not in doubles:
-                doubles[latency] = Double(workdir, latency)
-            figures.append(SCENARIOS[name](workdir, doubles.get(latency)))
-    finally:
-        for double in doubles.values():
-            double.stop()
-        stop_postgres()
-        shutil.rmtree(workdir, ignore_errors=True)
+    figures = run(chosen, SCENARIOS, LATENCY_MS, cleanup=stop_postgres, needs_double=lambda name: name != "fleet-list")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
