@@ -168,7 +168,7 @@ def test_different_profiles_do_not_wait_on_each_other(vault, db_path):
     vault.inject_fault("hang", count=1, path_contains="sts/deploy")
     slow = subprocess.Popen(
         broker_argv("credential-process", "--profile", "slow"),
-        env=child_env({"BROKER_VAULT_TIMEOUT": "5"}),
+        env=child_env({"BROKER_VAULT_TIMEOUT": "10"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
