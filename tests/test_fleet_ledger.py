@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from broker import fleet
+from broker import fleet, fleet_listing
 from tests.pg import (  # noqa: F401 - pytest fixtures
     OWNER,
     Host,
@@ -46,7 +46,7 @@ def responder_app(tmp_path, pg, fleet_db, who="resp_1"):
 
 
 def listed(app, **filters):
-    return list(fleet.list_leases(app, fleet.FleetSelector(**filters)))
+    return list(fleet_listing.list_leases(app, fleet_listing.FleetSelector(**filters)))
 
 
 def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
@@ -387,10 +387,18 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
             (odd,),
         )
     responder = responder_app(tmp_path, pg, fleet_db)
-    expected = [fleet.iso_row(row) for row in listed(responder)]
-    encoded = [text for batch in fleet.json_rows(responder, fleet.FleetSelector(), batch_size=2) for text in batch]
+    expected = [fleet_listing.iso_row(row) for row in listed(responder)]
+    encoded = [
+        text
+        for batch in fleet_listing.json_rows(responder, fleet_listing.FleetSelector(), batch_size=2)
+        for text in batch
+    ]
     assert [json.loads(text) for text in encoded] == expected
     assert {r["state"] for r in expected} == {"active", "expired", "revoked"}
     assert [r for r in expected if r["lease_id"] == odd][0]["host"] == 'la"p\\top\u00e9\n'
-    only = [json.loads(t) for b in fleet.json_rows(responder, fleet.FleetSelector(state="expired")) for t in b]
+    only = [
+        json.loads(t)
+        for b in fleet_listing.json_rows(responder, fleet_listing.FleetSelector(state="expired"))
+        for t in b
+    ]
     assert len(only) == 1 and only[0]["state"] == "expired"

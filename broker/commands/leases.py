@@ -54,13 +54,15 @@ def leases_command(app: App, profile, mount, role, state, fmt, fleet_wide, host,
     if (host or user) and not fleet_wide:
         raise click.UsageError("--host and --user select fleet rows: add --fleet")
     if fleet_wide:
-        from broker import fleet
+        from broker import fleet_listing
 
-        selector = fleet.FleetSelector(profile=profile, mount=mount, role=role, host=host, user=user, state=state)
+        selector = fleet_listing.FleetSelector(
+            profile=profile, mount=mount, role=role, host=host, user=user, state=state
+        )
         if fmt == "json":  # each row's JSON text is kept by PostgreSQL: 100,000 rows in well under a second
-            count = output.json_array(fleet.json_rows(app, selector))
+            count = output.json_array(fleet_listing.json_rows(app, selector))
         else:
-            listing = fleet.listing(app, selector, table=fmt == "table")
+            listing = fleet_listing.listing(app, selector, table=fmt == "table")
             count = output.render(listing.rows, fmt, listing.columns, headers=listing.headers, widths=listing.widths)
     else:
         listing = audit.list_leases(
@@ -123,17 +125,17 @@ def revoke(
     from broker import revoke as revoking
 
     if fleet_wide:
-        from broker import fleet
+        from broker import fleet_revoke
 
         if profile or prefix:
             raise click.UsageError(
                 "--profile and --prefix select local leases; with --fleet use --role, --host, "
                 "--user, --lease-id or --all"
             )
-        selector = fleet.FleetRevokeSelector(
+        selector = fleet_revoke.FleetRevokeSelector(
             lease_ids=tuple(lease_ids), role=role, mount=mount, host=host, user=user, all=all_leases
         ).validated()
-        run = fleet.revoke_fleet
+        run = fleet_revoke.revoke_fleet
     else:
         if host or user:
             raise click.UsageError("--host and --user select fleet leases: add --fleet")
