@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover
     import sqlite3
 
 from broker import cache, crypto, durations, settings
+from broker.errors import LockTimeout
 
 LOCK_WAIT_SECONDS = 15.0  # as long as the full CLI would wait (leases.LOCK_WAIT_SECONDS)
 
@@ -77,7 +78,9 @@ def serve(argv: list) -> int | None:
         return None
     try:
         if "ttl" in options:
-            options["ttl"] = durations.parse_duration(options["ttl"])
+            options["ttl"] = durations.parse_ttl(options["ttl"])  # same range as the CLI's
+        if options.get("credential_type", "iam_user") not in cache.CREDENTIAL_TYPES:
+            return None  # the CLI says which types exist
         path = settings.db_path(options.get("db"))
         if not (_safe(os.stat(path)) and _safe(os.stat(os.path.dirname(path)))):
             return None
@@ -88,22 +91,38 @@ def serve(argv: list) -> int | None:
                 return None
             answer = _answer(conn, key)
             if answer is None:
-                from broker import locks
-
-                lock = locks.lock_path(path, key)
-                fd = locks.acquire(lock, LOCK_WAIT_SECONDS, "issuance lock")
-                answer = _answer(conn, key)
+                answer = _wait_for_issuance(conn, path, key)
                 if answer is None:
-                    locks.adopt(lock, fd)
                     return None
-                os.close(fd)
         finally:
             conn.close()
+    except LockTimeout as exc:  # waiting again in the full CLI would double the wait
+        sys.stderr.write(f"broker: {exc}\n")
+        return exc.exit_code
     except Exception:  # anything odd: the full CLI redoes it properly and reports errors
         return None
     sys.stdout.write(answer + "\n")
     sys.stdout.flush()
     return 0
+
+
+def _wait_for_issuance(conn, path: str, key: str) -> str | None:
+    """Take the request's issuance lock and look again. On a hit, release it and return the answer;
+    otherwise keep holding it for the full CLI (locks.adopt) and return None."""
+    from broker import locks
+
+    lock = locks.lock_path(path, key)
+    fd = locks.acquire(lock, LOCK_WAIT_SECONDS, "issuance lock")
+    try:
+        answer = _answer(conn, key)
+    except BaseException:
+        os.close(fd)
+        raise
+    if answer is None:
+        locks.adopt(lock, fd)
+    else:
+        os.close(fd)
+    return answer
 
 
 def _cache_key(conn, options: dict) -> str | None:

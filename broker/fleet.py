@@ -95,10 +95,19 @@ def require_url(app) -> str:
     return app.ledger_url
 
 
+def _authority(raw: str) -> str:
+    rest = raw.split("://", 1)[1] if "://" in raw else raw
+    return rest.split("/", 1)[0].split("?", 1)[0]
+
+
 def mask_url(raw: str) -> str:
     """The URL as the user gave it, with any password replaced by ***."""
     from sqlalchemy.engine import make_url
 
+    if _authority(raw).count("@") > 1:  # an unescaped @ in the password: hide all before the last @
+        scheme = raw.split("://", 1)[0] + "://" if "://" in raw else ""
+        host_part = raw.split("://", 1)[-1].rsplit("@", 1)[1]
+        return f"{scheme}***@{host_part.split('?', 1)[0]}"
     try:
         url = make_url(raw)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown only as a hint
@@ -113,6 +122,11 @@ def parse_url(raw: str):
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if _authority(raw).count("@") > 1:
+        raise UsageError(
+            f"the fleet ledger URL {mask_url(raw)!r} has more than one '@' before the host: "
+            "percent-encode an '@' in the password as %40 (or put the password in ~/.pgpass)"
+        )
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # the parser's own text may quote the password: not shown

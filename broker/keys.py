@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 
 from broker import crypto
+from broker.errors import UsageError
 from broker.models import Lease
 
 
@@ -35,6 +36,8 @@ class Rotation:
 def rotate(app) -> Rotation:
     """Seal every cached secret under a new key, then store the key, in one write transaction:
     a crash at any point leaves secrets that open with the stored key, or none (re-issued)."""
+    if crypto.key_source()[0] == "BROKER_KEY":
+        raise UsageError("the key comes from BROKER_KEY; set a new value there instead (cached secrets are discarded)")
     old = app.key(create=True)
     new_text = crypto.new_key_text()
     new = crypto._decode(new_text, "the new key")

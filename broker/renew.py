@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from broker import audit, cache, durations
 from broker.errors import UsageError
@@ -154,17 +154,21 @@ def renew_matching(app, selector: RenewSelector, *, increment: int | None = None
     return report
 
 
+# A capped renewal keeps renewed_at: the cache rule must not count a few capped minutes as a fresh
+# lifetime (leases.renew_cached does the same).
 _RECORD = (
     update(Lease.__table__)
     .where(Lease.__table__.c.id == bindparam("row"))
-    .values(expires_at=bindparam("until"), renewed_at=bindparam("at"))
+    .values(expires_at=bindparam("until"), renewed_at=func.coalesce(bindparam("at"), Lease.__table__.c.renewed_at))
 )
 
 
 def _record(app, results: Sequence[Result]) -> None:
     from broker import leases
 
-    rows = [{"row": r.target.row_id, "until": r.expires_at, "at": r.at} for r in results]
+    rows = [
+        {"row": r.target.row_id, "until": r.expires_at, "at": None if r.outcome == "capped" else r.at} for r in results
+    ]
     if not rows:
         return
     with app.transaction() as session:

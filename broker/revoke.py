@@ -584,7 +584,9 @@ def _revoke_by_prefix(report, targets, calls, make_vault, on_result) -> None:
     results = []
     for t in targets:
         error = failed.get((t.vault_addr, t.namespace))
-        if error:
+        if not t.lease_id:  # no prefix call covers a credential Vault issued without a lease
+            results.append(_without_lease(t, now))
+        elif error:
             results.append(Result(t, False, "failed", error, now))
         else:
             results.append(Result(t, True, "revoked", None, now))

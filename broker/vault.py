@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from broker import cache, settings
+from broker import settings
 from broker.errors import (
     UsageError,
     VaultBadResponse,
@@ -144,6 +144,11 @@ class Vault:
 
             session = requests.Session()
             session.verify = self.settings.verify  # hvac copies session.verify over verify=
+            if self.settings.verify is False:  # VAULT_SKIP_VERIFY: say so once, in our own words
+                import urllib3
+
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+                log.info("TLS certificate verification is off for %s (VAULT_SKIP_VERIFY)", self.settings.addr)
             session.trust_env = False  # no HTTP(S)_PROXY detours for a loopback agent
             self._clients[namespace] = hvac.Client(
                 url=self.settings.addr,
@@ -218,8 +223,7 @@ class Vault:
             if lease_id:
                 self.revoke_quietly(lease_id, namespace)
             raise VaultBadResponse(f"Vault's answer for {request_path} {problem}; nothing was recorded or served")
-        if credential_type not in cache.CREDENTIAL_TYPES:
-            credential_type = _infer_type(data, token)
+        credential_type = recorded_type(credential_type, data, token)
         arn = data.get("arn")
         if credential_type == "assumed_role" and isinstance(arn, str) and "/" in arn:
             session_name = arn.rsplit("/", 1)[1]  # the name AWS actually used
@@ -366,15 +370,18 @@ def _int(value) -> int:
         return 0
 
 
-def _infer_type(data: dict, token) -> str:
-    """The role's credential type, read off the response when the request did not say."""
+def recorded_type(hint: str | None, data: dict, token) -> str:
+    """The credential type the ledger records: what Vault's answer shows, whatever the request
+    claimed (a hint only picks the endpoint). A session token means STS; an `arn` means
+    assumed_role. federation_token and session_token answers look alike, so there the hint, or
+    the presence of `data.ttl`, decides."""
     if not token:
         return "iam_user"
     if data.get("arn"):
         return "assumed_role"
-    if "ttl" in data:
-        return "federation_token"
-    return "session_token"
+    if hint in ("federation_token", "session_token"):
+        return hint
+    return "federation_token" if "ttl" in data else "session_token"
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -269,3 +270,43 @@ def test_a_threaded_caller_issues_through_a_worker_process(vault, db_path):
     assert got.access_key_id == vault.issued[-1].access_key and got.lease_row
     assert ledger_rows(db_path)[0]["lease_id"] == vault.issued[-1].lease_id
     assert leases.obtain(app, request) == got
+
+
+def test_a_wrong_credential_type_flag_does_not_mislabel_the_ledger(vault, db_path):
+    """An STS credential stays STS in the ledger (revoke's warning and deny policy depend on it)."""
+    out = credential("--mount", "aws", "--role", "deploy", "--credential-type", "iam_user", "--no-cache")
+    assert out["SessionToken"]
+    row = ledger_rows(db_path)[0]
+    assert row["credential_type"] == "assumed_role" and row["role_session_name"]
+
+
+@pytest.mark.parametrize("flags", [["--ttl", "0"], ["--credential-type", "bogus"], ["--ttl", "99h"]])
+def test_the_cache_hit_path_rejects_what_the_cli_rejects(vault, flags):
+    add_profile("deploy", "--mount", "aws", "--role", "deploy")
+    credential("--profile", "deploy")
+    result = run_broker("credential-process", "--profile", "deploy", *flags)
+    assert result.returncode == 2 and result.stdout == ""
+
+
+def test_a_held_issuance_lock_times_out_once(vault, db_path):
+    from broker import cache, locks, settings
+
+    add_profile("deploy", "--mount", "aws", "--role", "deploy")
+    request = cache.merge_request({"mount": "aws", "role": "deploy"}, {})
+    fd = locks.acquire(locks.lock_path(db_path, cache.cache_key(settings.vault_addr(), "", request)), 1)
+    try:
+        probe = (
+            "import sys; from broker import fastpath; fastpath.LOCK_WAIT_SECONDS = 1.0\n"
+            "sys.exit(fastpath.serve(['credential-process', '--profile', 'deploy']))\n"
+        )
+        import sys as _sys
+
+        started = time.monotonic()
+        result = subprocess.run(
+            [_sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, timeout=30
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        os.close(fd)
+    assert result.returncode == 7 and "timed out after 1s" in result.stderr
+    assert elapsed < 10

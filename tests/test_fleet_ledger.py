@@ -402,3 +402,13 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
         for t in b
     ]
     assert len(only) == 1 and only[0]["state"] == "expired"
+
+
+def test_an_unescaped_at_sign_in_the_password_is_refused_and_hidden():
+    from broker.errors import UsageError
+
+    raw = "postgresql://u:s3c@retpw@127.0.0.1:1/db"
+    assert "s3c" not in fleet.mask_url(raw) and "retpw" not in fleet.mask_url(raw)
+    with pytest.raises(UsageError) as caught:
+        fleet.parse_url(raw)
+    assert "s3c" not in str(caught.value) and "retpw" not in str(caught.value) and "%40" in str(caught.value)

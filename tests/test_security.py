@@ -97,7 +97,7 @@ def test_broker_key_from_the_environment(vault, monkeypatch):
     first = credential("--mount", "aws", "--role", "deploy")
     assert credential("--mount", "aws", "--role", "deploy") == first
     assert not os.path.exists(crypto.key_file())
-    assert_one_line_error(run_broker("key", "rotate"), contains="BROKER_KEY")
+    assert_one_line_error(run_broker("key", "rotate"), contains="BROKER_KEY", code=2)
     monkeypatch.setenv("BROKER_KEY", "too-short")
     assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "deploy"), contains="BROKER_KEY")
 

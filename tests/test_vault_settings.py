@@ -63,3 +63,21 @@ def test_bad_settings(monkeypatch, env, message):
 )
 def test_namespace_of_a_lease(header, path, lease, expected):
     assert namespace_of_lease(header, path, lease) == expected
+
+
+@pytest.mark.parametrize(
+    ("hint", "data", "token", "expected"),
+    [
+        ("iam_user", {"arn": "arn:aws:sts::1:assumed-role/r/s", "ttl": 900}, "tok", "assumed_role"),
+        ("iam_user", {"ttl": 900}, "tok", "federation_token"),
+        ("assumed_role", {}, None, "iam_user"),
+        ("session_token", {"ttl": 900}, "tok", "session_token"),
+        ("federation_token", {}, "tok", "federation_token"),
+        (None, {}, "tok", "session_token"),
+        (None, {}, None, "iam_user"),
+    ],
+)
+def test_the_recorded_type_follows_vaults_answer(hint, data, token, expected):
+    from broker.vault import recorded_type
+
+    assert recorded_type(hint, data, token) == expected
