@@ -34,14 +34,14 @@ DURATION = Duration()
 CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token"])
 
 
-def format_option(default: str = "table"):
+def format_option(default: str = "table", choices: tuple[str, ...] = ("table", "json", "csv"), help="Output format."):
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(["table", "json", "csv"]),
+        type=click.Choice(list(choices)),
         default=default,
         show_default=True,
-        help="Output format.",
+        help=help,
     )
 
 

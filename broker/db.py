@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import stat
 import time
 
 from sqlalchemy import create_engine, event
@@ -19,7 +18,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from broker import cache, locks
+from broker import cache, locks, settings
 from broker.errors import (
     BrokerError,
     DatabaseCorrupt,
@@ -67,10 +66,9 @@ def check_permissions(path: str, what: str, wanted: int) -> None:
         info = os.stat(path)
     except OSError as exc:
         raise PathNotWritable(f"cannot read {what} {path}: {exc.strerror}") from None
-    if info.st_uid != os.getuid():
-        raise UnsafePermissions(f"{what} {path} is owned by another user (uid {info.st_uid}); use your own --db path")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafePermissions(f"{what} {path} is writable by group or others; fix it with: chmod {wanted:o} {path}")
+    problem = settings.permission_problem(path, info, wanted)
+    if problem:
+        raise UnsafePermissions(f"{what} {problem}")
 
 
 def _translate(exc: BaseException, path: str) -> BrokerError:

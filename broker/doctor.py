@@ -109,14 +109,6 @@ def _token_check(data: dict) -> Check:
 # -- the ledger and the key ------------------------------------------------------------------------
 
 
-def _mode_problem(path: str, info: os.stat_result, wanted: int) -> str | None:
-    if info.st_uid != os.getuid():
-        return f"{path} is owned by another user (uid {info.st_uid})"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is writable by group or others; fix: chmod {wanted:o} {path}"
-    return None
-
-
 def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
     """Path, permissions and schema revision, read-only; returns the profiles when readable."""
     directory = os.path.dirname(path)
@@ -127,7 +119,12 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
         checks.append(Check(FAIL, f"database: {path} is a directory; give a file path with --db or BROKER_DB"))
         return None
     problems = [
-        p for p in (_mode_problem(directory, os.stat(directory), 0o700), _mode_problem(path, os.stat(path), 0o600)) if p
+        p
+        for p in (
+            settings.permission_problem(directory, os.stat(directory), 0o700),
+            settings.permission_problem(path, os.stat(path), 0o600),
+        )
+        if p
     ]
     if problems:
         checks.append(Check(FAIL, f"database permissions: {'; '.join(problems)}"))
@@ -246,7 +243,14 @@ def _check_key_file(path: str, checks: list[Check]) -> None:
         return
     info = os.stat(path)
     directory = os.path.dirname(path)
-    problems = [p for p in (_mode_problem(path, info, 0o600), _mode_problem(directory, os.stat(directory), 0o700)) if p]
+    problems = [
+        p
+        for p in (
+            settings.permission_problem(path, info, 0o600),
+            settings.permission_problem(directory, os.stat(directory), 0o700),
+        )
+        if p
+    ]
     if info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
         problems.append(f"{path} is readable by group or others; fix: chmod 600 {path}")
     if problems:

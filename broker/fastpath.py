@@ -8,7 +8,6 @@ returns None and the full CLI takes over, with its validation and its error mess
 """
 
 import os
-import stat
 import sys
 import time
 
@@ -61,8 +60,8 @@ def parse(argv: list) -> dict | None:
     return options if seen_command else None
 
 
-def _safe(info) -> bool:
-    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+def _safe(path: str, wanted: int) -> bool:
+    return settings.permission_problem(path, os.stat(path), wanted) is None
 
 
 def serve(argv: list) -> int | None:
@@ -82,7 +81,7 @@ def serve(argv: list) -> int | None:
         if options.get("credential_type", "iam_user") not in cache.CREDENTIAL_TYPES:
             return None  # the CLI says which types exist
         path = settings.db_path(options.get("db"))
-        if not (_safe(os.stat(path)) and _safe(os.stat(os.path.dirname(path)))):
+        if not (_safe(path, 0o600) and _safe(os.path.dirname(path), 0o700)):
             return None
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:

@@ -40,6 +40,15 @@ def vault_namespace(profile_namespace: str | None = None) -> str:
     return (profile_namespace or os.environ.get("VAULT_NAMESPACE") or "").strip("/")
 
 
+def permission_problem(path: str, info: os.stat_result, wanted: int) -> str | None:
+    """What makes `path` unsafe to trust (another owner, writable by group or others), or None."""
+    if info.st_uid != os.getuid():
+        return f"{path} is owned by another user (uid {info.st_uid}); use a path of your own"
+    if info.st_mode & 0o022:
+        return f"{path} is writable by group or others; fix it with: chmod {wanted:o} {path}"
+    return None
+
+
 def host_name() -> str:
     """This machine's name in the ledger: `BROKER_HOST`, else the host name."""
     import socket

@@ -100,14 +100,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be revoked; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Report format.",
-)
+@format_option(choices=("table", "json"), help="Report format.")
 @click.option(
     "--fleet",
     "fleet_wide",

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from broker.cli import cli, pass_app
+from broker.cli import cli, format_option, pass_app
 
 
 @cli.group()
@@ -31,14 +31,7 @@ def ledger_init(app) -> None:
 
 
 @ledger.command(name="status")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option(choices=("table", "json"))
 @pass_app
 def ledger_status(app, fmt: str) -> None:
     """Show the ledger URL (password masked), its schema revision, rows waiting to be pushed and
