@@ -16,6 +16,7 @@ import pytest
 
 from broker import audit
 from broker.cli import run as broker_run
+from tests.brokerproc import run_broker
 from tests.ledger_seed import insert_rows, lease_row, seed_leases
 
 
@@ -23,16 +24,6 @@ def cli(capsys, *args):
     code = broker_run(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def run(args, *, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_the_whitelist_is_the_issue_s_columns_and_nothing_secret():
@@ -149,7 +140,7 @@ def test_table_shows_readable_times_and_time_left(capsys):
 
 
 def test_bad_state_is_a_usage_error():
-    proc = run(["leases", "--state", "gone"])
+    proc = run_broker("leases", "--state", "gone")
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
 
 
@@ -162,7 +153,7 @@ def test_no_secret_in_any_format(vault, capsys):
         ("fed", ["--credential-type", "federation_token"]),
         ("sess", ["--credential-type", "session_token"]),
     ):
-        proc = run(["credential-process", "--mount", "aws", "--role", role, *extra])
+        proc = run_broker("credential-process", "--mount", "aws", "--role", role, *extra)
         assert proc.returncode == 0, proc.stderr
         creds = json.loads(proc.stdout)
         secrets.append(creds["SecretAccessKey"])

@@ -6,39 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 
-import pytest
-
-from broker.cli import run as broker_run
-
-
-@pytest.fixture
-def cli(capsys):
-    """broker in this process (faster than a child); returns a CompletedProcess-like result."""
-
-    def invoke(args):
-        code = broker_run(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return invoke
-
-
-def run(args, *, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.brokerproc import run_broker
 
 
 def issue(*args):
-    proc = run(["credential-process", *args])
+    proc = run_broker("credential-process", *args)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

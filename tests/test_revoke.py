@@ -14,7 +14,6 @@ import time
 import pytest
 
 from broker import revoke
-from broker.cli import run as broker_run
 from broker.revoke import Target
 from tests.helpers import wait_for
 from tests.ledger_seed import seed_leases
@@ -110,18 +109,6 @@ def test_no_deny_policy_for_iam_users_or_nothing():
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(capsys):
-    """broker in this process (faster than a child); returns a CompletedProcess-like result."""
-
-    def invoke(args):
-        code = broker_run(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return invoke
 
 
 def run(args, *, timeout=60, env=None, stdin=subprocess.DEVNULL):
