@@ -346,27 +346,36 @@ def run(chosen: list[str], scenarios: dict, latency_ms: dict, cleanup=None, need
     return figures
 
 
-def main() -> None:
-    import bench_fleet  # the fleet ledger's scenarios (PostgreSQL), scripts/bench_fleet.py
-
-    scenarios = {**SCENARIOS, **bench_fleet.SCENARIOS}
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def command_line(doc: str, scenarios: dict, title: str, parser_hook=None):
+    """Parse `[SCENARIO ...]` (default: all), refuse unknown names, print the run's header line.
+    Returns (parsed arguments, chosen scenario names)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(scenarios)}")
+    if parser_hook:
+        parser_hook(parser)
     args = parser.parse_args()
     chosen = args.scenarios or list(scenarios)
     unknown = set(chosen) - set(scenarios)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(scenarios)}")
     print(
-        f"# broker benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {' '.join(broker_command())}",
+        f"# {title}: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {' '.join(broker_command())}",
         flush=True,
     )
+    return args, chosen
+
+
+def main() -> None:
+    import bench_fleet  # the fleet ledger's scenarios (PostgreSQL), scripts/bench_fleet.py
+
+    scenarios = {**SCENARIOS, **bench_fleet.SCENARIOS}
+    _args, chosen = command_line(__doc__, scenarios, "broker benchmarks")
     run(
         chosen,
         scenarios,
         {**LATENCY_MS, **bench_fleet.LATENCY_MS},
         cleanup=bench_fleet.stop_postgres,
-        needs_double=lambda name: name != "fleet-list",
+        needs_double=bench_fleet.needs_double,
     )
 
 

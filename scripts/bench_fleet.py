@@ -18,7 +18,6 @@ its own scenarios (double: an object whose `.info` holds the ready file of tests
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import broker_command, line, run  # noqa: E402 - after the path set-up above
+from bench import broker_command, command_line, line, run  # noqa: E402 - after the path set-up above
 
 LIST_ROWS = 100_000
 LIST_HOSTS = 200
@@ -289,21 +288,19 @@ SCENARIOS = {
 LATENCY_MS = {"fleet-revoke": REVOKE_LATENCY_MS}  # the Vault double's added latency per scenario
 
 
+def needs_double(name: str) -> bool:
+    """Every fleet scenario but the listing talks to Vault."""
+    return name != "fleet-list"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
-    args = parser.parse_args()
-    chosen = args.scenarios or list(SCENARIOS)
-    unknown = set(chosen) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    print(
-        f"# broker fleet benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"{' '.join(broker_command())}",
-        flush=True,
+    args, chosen = command_line(
+        __doc__,
+        SCENARIOS,
+        "broker fleet benchmarks",
+        lambda parser: parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON"),
     )
-    figures = run(chosen, SCENARIOS, LATENCY_MS, cleanup=stop_postgres, needs_double=lambda name: name != "fleet-list")
+    figures = run(chosen, SCENARIOS, LATENCY_MS, cleanup=stop_postgres, needs_double=needs_double)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
