@@ -130,7 +130,7 @@ def issue_worker(app: App) -> None:
     from broker import leases
 
     job = json.loads(sys.stdin.read())
-    request = leases.request_from_json(job["request"])
+    request = leases.IssueRequest(**job["request"])
     click.echo(leases.worker_answer(app, request, bool(job["store_secret"])))
 
 

@@ -273,10 +273,6 @@ def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Cred
     return _from_worker(worker.stdout)
 
 
-def request_from_json(data: dict) -> IssueRequest:
-    return IssueRequest(**data)
-
-
 def _credential_dict(credential: Credential) -> dict:
     return {
         "access_key_id": credential.access_key_id,
