@@ -75,7 +75,7 @@ def line(name: str, value: str, target: str, ok: bool, detail: str = "") -> None
 
 
 class Double:
-    """`python -m tests.vault_double` (Vault double + moto) as a separate process."""
+    """`python -m tests.support.vault_double` (Vault double + moto) as a separate process."""
 
     def __init__(self, workdir: Path, latency_ms: int = 0):
         self.ready = workdir / f"double-{latency_ms}.json"
@@ -83,7 +83,7 @@ class Double:
             [
                 sys.executable,
                 "-m",
-                "tests.vault_double",
+                "tests.support.vault_double",
                 "--ready-file",
                 str(self.ready),
                 "--latency-ms",
@@ -220,7 +220,7 @@ def _issue_real_leases(double: Double, count: int, role: str = "deploy") -> list
 
 
 def scenario_revoke(workdir: Path, double: Double, count: int = 1000) -> None:
-    from tests.ledger_seed import insert_rows, lease_row
+    from tests.support.ledger_seed import insert_rows, lease_row
 
     env = environment(workdir, double, "revoke")
     lease_ids = _issue_real_leases(double, count)
@@ -259,7 +259,7 @@ def _median_process_wall(argv: list[str], env: dict, runs: int = 3) -> float:
 
 
 def scenario_leases(workdir: Path, double: Double, count: int = 100_000) -> None:
-    from tests.ledger_seed import seed_leases
+    from tests.support.ledger_seed import seed_leases
 
     env = environment(workdir, double, "leases")
     seed_leases(env["BROKER_DB"], count // 2, state="active")
@@ -278,7 +278,7 @@ def scenario_leases(workdir: Path, double: Double, count: int = 100_000) -> None
 
 def scenario_prune(workdir: Path, double: Double, count: int = 1_000_000) -> None:
     """Prune alone for its own figure, then again (re-seeded) beside a loop of cache hits."""
-    from tests.ledger_seed import seed_leases
+    from tests.support.ledger_seed import seed_leases
 
     env = environment(workdir, double, "prune")
     broker = broker_command()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmarks for the fleet ledger (issue 8), against a real PostgreSQL started in a temporary
-directory (tests/pg.py) and the Vault double + moto (`python -m tests.vault_double`).
+directory (tests/support/pg.py) and the Vault double + moto (`python -m tests.support.vault_double`).
 
     python scripts/bench_fleet.py                    # every scenario
     python scripts/bench_fleet.py fleet-list         # some of them
@@ -12,7 +12,7 @@ The figures and their targets:
                 than one with no ledger URL (medians, interleaved runs)
 
 scripts/bench.py can run these too: `SCENARIOS` maps each name to `scenario(workdir, double)` like
-its own scenarios (double: an object whose `.info` holds the ready file of tests.vault_double), and
+its own scenarios (double: an object whose `.info` holds the ready file of tests.support.vault_double), and
 `stop_postgres()` stops the one server they share. Nothing here is a test: timing lives here.
 """
 
@@ -48,7 +48,7 @@ def postgres():
     """The shared PostgreSQL server, started on first use (roles as in the README)."""
     global _pg
     if _pg is None:
-        from tests.pg import PostgresServer, available
+        from tests.support.pg import PostgresServer, available
 
         reason = available()
         if reason:
@@ -224,7 +224,7 @@ def scenario_fleet_revoke(workdir: Path, double) -> dict:
 
 def scenario_fleet_miss(workdir: Path, double) -> dict:
     """A credential-process miss with no ledger URL, PostgreSQL unreachable and PostgreSQL hung."""
-    from tests.pg import HungServer, closed_port_url
+    from tests.support.pg import HungServer, closed_port_url
 
     pg = postgres()
     dbname, _owner = fresh_ledger()

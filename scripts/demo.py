@@ -36,7 +36,7 @@ def main() -> None:
     ready = work / "double.json"
     step("starting the Vault double and moto on 127.0.0.1")
     double = subprocess.Popen(
-        [sys.executable, "-m", "tests.vault_double", "--ready-file", str(ready)],
+        [sys.executable, "-m", "tests.support.vault_double", "--ready-file", str(ready)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, wait_for
-from tests.vault_double import (
+from tests.support.helpers import free_port, wait_for
+from tests.support.vault_double import (
     AWS_REGION,
     VaultDouble,
     aws_admin_credentials,

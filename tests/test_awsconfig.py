@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker import awsconfig
-from tests.brokerproc import assert_one_line_error, run_broker
+from tests.support.brokerproc import assert_one_line_error, run_broker
 
 USER_CONFIG = """\
 # my AWS config; keep this comment

@@ -9,8 +9,8 @@ import sqlite3
 import subprocess
 import time
 
-from tests.brokerproc import broker_argv, child_env, credential, run_broker
-from tests.helpers import wait_for
+from tests.support.brokerproc import broker_argv, child_env, credential, run_broker
+from tests.support.helpers import wait_for
 
 RUNS = 50
 
@@ -92,7 +92,7 @@ def _track_real_leases(vault, db_path: str, count: int) -> None:
     """`count` real leases from the double, recorded as broker records them (fast: no CLI start-ups)."""
     import hvac
 
-    from tests.ledger_seed import insert_rows, lease_row
+    from tests.support.ledger_seed import insert_rows, lease_row
 
     client = hvac.Client(url=vault.url, token=vault.root_token)
     now = int(time.time())
@@ -133,7 +133,7 @@ def test_kill_during_revoke_never_contradicts_vault(vault):
 
 
 def test_kill_during_prune_keeps_the_ledger_whole(vault):
-    from tests.ledger_seed import seed_leases
+    from tests.support.ledger_seed import seed_leases
 
     db_path = os.environ["BROKER_DB"]
     keep = credential("--mount", "aws", "--role", "deploy")

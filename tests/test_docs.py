@@ -4,7 +4,7 @@ import click
 import pytest
 
 from broker.cli import cli
-from tests.brokerproc import ROOT
+from tests.support.brokerproc import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -11,8 +11,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests import vault_double as vd
-from tests.brokerproc import run_broker
+from tests.support import vault_double as vd
+from tests.support.brokerproc import run_broker
 
 LINE = re.compile(r"(ok  |warn|FAIL) \S.*")
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.brokerproc import assert_one_line_error, credential, run_broker
-from tests.helpers import free_port
+from tests.support.brokerproc import assert_one_line_error, credential, run_broker
+from tests.support.helpers import free_port
 
 
 def lease_count(db_path: str) -> int:

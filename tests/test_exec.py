@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from broker import execenv
-from tests.brokerproc import assert_one_line_error, child_env, run_broker
+from tests.support.brokerproc import assert_one_line_error, child_env, run_broker
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SHORT_TTL = 3  # the double's lease lasts TTL - 1 s: 2 s

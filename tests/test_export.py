@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from broker import execenv
-from tests.brokerproc import assert_one_line_error, run_broker
+from tests.support.brokerproc import assert_one_line_error, run_broker
 
 
 def broker(*args: str) -> subprocess.CompletedProcess:

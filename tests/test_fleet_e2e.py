@@ -1,6 +1,6 @@
 """The fleet ledger end to end: real broker processes, the Vault double + moto, a real PostgreSQL."""
 
-# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/support/pg.py, imported by name
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.helpers import wait_for
-from tests.pg import (  # noqa: F401 - pytest fixtures
+from tests.support.helpers import wait_for
+from tests.support.pg import (  # noqa: F401 - pytest fixtures
     PG_BIN,
     Host,
     HungServer,

@@ -1,7 +1,7 @@
 """`broker leases --fleet` and `broker revoke --fleet` against a real PostgreSQL, the Vault double and
 moto: every host's leases listed and revoked from one responder's machine, and two responders at once."""
 
-# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/support/pg.py, imported by name
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from tests.pg import (  # noqa: F401 - pytest fixtures
+from tests.support.pg import (  # noqa: F401 - pytest fixtures
     Host,
     child_env,
     fleet_db,
@@ -262,7 +262,7 @@ def test_a_fleet_revoke_stops_the_next_credential_process_serving(tmp_path, pg, 
 
 
 def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
-    from tests.pg import closed_port_url
+    from tests.support.pg import closed_port_url
 
     host = Host(tmp_path, "runner", pg.url("host_a", fleet_db), user="ci")
     (_, old), *_ = host.add_leases(2, ttl=-120)  # expired, never pushed: prune must keep them until pushed

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.brokerproc import broker_argv, child_env, run_broker
+from tests.support.brokerproc import broker_argv, child_env, run_broker
 
 PROCESSES = 50
 ROUNDS = 20

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tests.brokerproc import ROOT
+from tests.support.brokerproc import ROOT
 
 
 @pytest.mark.slow

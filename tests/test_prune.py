@@ -12,8 +12,8 @@ import time
 
 from broker import locks
 from broker.cli import run as broker_run
-from tests.helpers import wait_for
-from tests.ledger_seed import insert_rows, lease_row, seed_leases
+from tests.support.helpers import wait_for
+from tests.support.ledger_seed import insert_rows, lease_row, seed_leases
 
 
 def cli(capsys, *args):

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from broker import credserver
-from tests.brokerproc import assert_one_line_error, child_env, run_broker
+from tests.support.brokerproc import assert_one_line_error, child_env, run_broker
 
 
 def add_profile(name: str, *flags: str) -> None:

@@ -20,8 +20,8 @@ import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import MotoServer
-from tests.helpers import wait_for
-from tests.vault_double import VaultDouble, format_go_duration, parse_duration
+from tests.support.helpers import wait_for
+from tests.support.vault_double import VaultDouble, format_go_duration, parse_duration
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -676,7 +676,7 @@ def test_hang_fault_is_released_by_timeout_and_stop(vault: VaultDouble) -> None:
 def test_main_runs_as_a_process(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.vault_double", "--ready-file", str(ready), "--latency-ms", "1"],
+        [sys.executable, "-m", "tests.support.vault_double", "--ready-file", str(ready), "--latency-ms", "1"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

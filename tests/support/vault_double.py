@@ -1,7 +1,7 @@
 """A Vault HTTP API double backed by moto, for tests, demos and benchmarks.
 
 `VaultDouble` is a real HTTP server on 127.0.0.1 that speaks the subset of
-Vault's API the broker uses (see docs/vault-api.md): the AWS secrets engine
+Vault's API the broker uses (see ../shared/docs/vault-api.md): the AWS secrets engine
 (`{mount}/creds/{role}`, `{mount}/sts/{role}`), `sys/leases/*`,
 `auth/token/lookup-self`, `auth/token/renew-self` and `sys/health`, with
 Vault's envelopes, error bodies and status codes, namespaces, and a small
@@ -18,7 +18,7 @@ Only the standard library and boto3/botocore are used here; no hvac.
 
 Run as a process (demo scripts, benchmarks)::
 
-    python -m tests.vault_double --ready-file /tmp/ready.json [--latency-ms 5]
+    python -m tests.support.vault_double --ready-file /tmp/ready.json [--latency-ms 5]
 
 It starts moto and the double with the standard demo roles, writes
 ``{"vault_addr", "token", "aws_endpoint", "pid", ...}`` to the ready file
@@ -496,7 +496,7 @@ class _Aws:
                         RoleName=name,
                         AssumeRolePolicyDocument=_TRUST_ANYONE,
                         MaxSessionDuration=43200,
-                        Description="created by tests/vault_double.py",
+                        Description="created by tests/support/vault_double.py",
                     )["Role"]["Arn"]
                     self.iam.put_role_policy(RoleName=name, PolicyName="allow-all", PolicyDocument=_ALLOW_ALL)
                 except Exception as exc2:  # noqa: BLE001
@@ -1532,7 +1532,7 @@ def start_moto_server(timeout: float = 15.0) -> tuple[Any, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.vault_double",
+        prog="python -m tests.support.vault_double",
         description="Run moto + the Vault double with the standard demo roles until SIGTERM/SIGINT.",
     )
     parser.add_argument("--ready-file", required=True, help="JSON written atomically once ready")
