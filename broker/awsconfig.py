@@ -15,10 +15,15 @@ import shlex
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from broker import locks, settings
 from broker.errors import BrokerError, UsageError
+
+if TYPE_CHECKING:
+    from broker.app import App
 
 OWNED_KEYS = ("credential_process", "region")
 BACKUP_SUFFIX = ".broker-backup"
@@ -45,11 +50,6 @@ class Change:
             return f"kept {where}: its credential_process is not broker's for this profile"
         backup = f" (previous version in {self.backup})" if self.backup else ""
         return f"{self.action} {where}{backup}"
-
-
-def config_path() -> str:
-    """`AWS_CONFIG_FILE`, else `~/.aws/config`, as the SDKs read it."""
-    return os.path.abspath(os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"))
 
 
 def section_name(profile: str) -> str:
@@ -84,23 +84,14 @@ def quote_arg(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def credential_process_value(profile: str, db_path: str | None = None) -> str:
+def credential_process_value(profile: str, db_path: str | None = None, default_db: str | None = None) -> str:
     """`<broker> credential-process --profile NAME`, with `--db PATH` first when the ledger is not
     in its default place (an SDK may run without the BROKER_DB of the shell that added the profile)."""
     words = broker_argv()
-    if db_path and os.path.abspath(db_path) != default_db_path():
+    if db_path and os.path.abspath(db_path) != default_db:
         words += ["--db", os.path.abspath(db_path)]
     words += ["credential-process", "--profile", profile]
     return " ".join(quote_arg(w) for w in words)
-
-
-def default_db_path() -> str:
-    saved = os.environ.pop("BROKER_DB", None)
-    try:
-        return settings.db_path(None)
-    finally:
-        if saved is not None:
-            os.environ["BROKER_DB"] = saved
 
 
 def is_ours(value: str, profile: str) -> bool:
@@ -252,31 +243,31 @@ def _value(entry_lines: list[str]) -> str:
 # -- the file --------------------------------------------------------------------------------------
 
 
-def write_profile(profile: str, region: str | None, db_path: str | None = None) -> Change:
+def write_profile(app: App, profile: str, region: str | None) -> Change:
     """Add or update the `[profile NAME]` section for a broker profile."""
-    values = {"credential_process": credential_process_value(profile, db_path)}
+    values = {"credential_process": credential_process_value(profile, app.db_path, settings.default_db_path(app.env))}
     if region:
         values["region"] = region
     try:
-        return _edit(profile, lambda text: (set_keys(text, profile, values), None), db_path)
+        return _edit(app, profile, lambda text: (set_keys(text, profile, values), None))
     except BrokerError as exc:
         raise type(exc)(f"{exc} (profile {profile} itself is saved; run the same command again once fixed)") from None
 
 
-def remove_profile(profile: str, db_path: str | None = None) -> Change:
+def remove_profile(app: App, profile: str) -> Change:
     """Undo write_profile: remove broker's credential_process (and the section if only that and a
     region were in it). Leaves a section that runs something else alone."""
     try:
-        return _edit(profile, lambda text: unset_broker(text, profile), db_path, create=False)
+        return _edit(app, profile, lambda text: unset_broker(text, profile), create=False)
     except BrokerError as exc:
         raise type(exc)(
             f"{exc} (profile {profile} itself is removed; delete [{section_name(profile)}] by hand)"
         ) from None
 
 
-def _edit(profile: str, change, db_path: str | None, *, create: bool = True) -> Change:
-    path = os.path.realpath(config_path())  # a symlinked config (dotfiles) is edited in place
-    lock = locks.lock_path(db_path or settings.db_path(None), f"awsconfig:{path}")
+def _edit(app: App, profile: str, change: Callable[[str], tuple[str, str | None]], *, create: bool = True) -> Change:
+    path = os.path.realpath(app.env.aws_config_path)  # a symlinked config (dotfiles) is edited in place
+    lock = locks.lock_path(app.db_path, f"awsconfig:{path}")
     with locks.hold(lock, LOCK_WAIT_SECONDS, f"lock on {path}"):
         old = _read(path)
         if old is None and not create:

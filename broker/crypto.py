@@ -31,7 +31,7 @@ class KeyUnusable(ValueError):
 def _aesgcm(key: bytes):
     # The public class lives in cryptography.hazmat.primitives.ciphers.aead, whose import costs
     # ~12 ms of pure-Python modules; it is the same object as the Rust binding's class, which
-    # imports in ~3 ms (tests/test_crypto.py pins that identity).
+    # imports in ~3 ms (tests/test_cache_rule.py pins that identity).
     try:
         from cryptography.hazmat.bindings._rust import openssl
 
@@ -42,8 +42,8 @@ def _aesgcm(key: bytes):
         return AESGCM(key)
 
 
-def key_file() -> str:
-    return os.path.join(settings.key_dir(), "key")
+def key_file(env: settings.Env) -> str:
+    return os.path.join(env.key_dir, "key")
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -60,9 +60,9 @@ KEYRING_SERVICE = "broker"
 KEYRING_ACCOUNT = "cache-key"
 
 
-def runtime_copy() -> str | None:
+def runtime_copy(env: settings.Env) -> str | None:
     """`$XDG_RUNTIME_DIR/broker/key`, when there is a private runtime directory (tmpfs, per login)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
+    base = env.xdg_runtime_dir
     if not base or not os.path.isdir(base):
         return None
     info = os.stat(base)
@@ -81,31 +81,30 @@ def _read(path: str | None, where: str) -> bytes | None:
         return None
 
 
-def load_key(create: bool = False, allow_keyring: bool = True) -> bytes | None:
+def load_key(env: settings.Env, *, create: bool = False, allow_keyring: bool = True) -> bytes | None:
     """The current key, or None when there is none (yet) and `create` is false. The cache-hit path
     passes allow_keyring=False: it reads only the environment and files."""
-    env = os.environ.get("BROKER_KEY")
-    if env:
-        return _decode(env, "BROKER_KEY")
-    path = key_file()
-    found = _read(path, f"key file {path}") or _read(runtime_copy(), "the runtime key copy")
+    if env.key:
+        return _decode(env.key, "BROKER_KEY")
+    path = key_file(env)
+    found = _read(path, f"key file {path}") or _read(runtime_copy(env), "the runtime key copy")
     if found or not allow_keyring:
         return found
-    if key_store() == "keyring":
+    if key_store(env) == "keyring":
         text = _keyring_get()
         if text is None and create:
             text = new_key_text()
             _keyring_set(text)
         if text is None:
             return None
-        _write_private(runtime_copy(), text)
+        _write_private(runtime_copy(env), text)
         return _decode(text, "the keyring's broker key")
     return _create_key_file(path) if create else None
 
 
-def key_store() -> str:
+def key_store(env: settings.Env) -> str:
     """Where a new key goes: 'keyring' when a real OS keyring backend is usable, else 'file'."""
-    chosen = os.environ.get("BROKER_KEY_STORE", "").strip().lower()
+    chosen = env.key_store.strip().lower()
     if chosen in ("keyring", "file"):
         return chosen
     try:
@@ -151,27 +150,27 @@ def _write_private(path: str | None, text: str) -> None:
     os.replace(temp, path)
 
 
-def key_source() -> tuple[str, str | None]:
+def key_source(env: settings.Env) -> tuple[str, str | None]:
     """(kind, where) of the key in use or to be created: BROKER_KEY, file, or keyring."""
-    if os.environ.get("BROKER_KEY"):
+    if env.key:
         return "BROKER_KEY", None
-    if os.path.exists(key_file()):
-        return "file", key_file()
-    if key_store() == "keyring":
+    if os.path.exists(key_file(env)):
+        return "file", key_file(env)
+    if key_store(env) == "keyring":
         return "keyring", f"service {KEYRING_SERVICE!r}, account {KEYRING_ACCOUNT!r}"
-    return "file", key_file()
+    return "file", key_file(env)
 
 
-def store_key(text: str) -> None:
+def store_key(env: settings.Env, text: str) -> None:
     """Make `text` the key, wherever the current one lives (key rotation)."""
-    kind, _where = key_source()
+    kind, _where = key_source(env)
     if kind == "BROKER_KEY":
         raise KeyUnusable("the key comes from BROKER_KEY; set a new value there instead (cached secrets are discarded)")
     if kind == "keyring":
         _keyring_set(text)
-        _write_private(runtime_copy(), text)
+        _write_private(runtime_copy(env), text)
     else:
-        _write_private(key_file(), text)
+        _write_private(key_file(env), text)
 
 
 def new_key_text() -> str:

@@ -12,9 +12,14 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from broker import cache, crypto, durations, settings
 from broker.errors import BrokerError, VaultDenied, VaultRejected
+
+if TYPE_CHECKING:
+    from broker.app import App
+    from broker.vault import Vault
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SHORT_TOKEN_SECONDS = 600
@@ -30,41 +35,33 @@ class Check:
         return f"{self.status:<4} {self.what}"
 
 
-def run_checks(app) -> list[Check]:
+def run_checks(app: App) -> list[Check]:
     checks: list[Check] = []
-    vault = _check_vault(checks)
-    profile_rows = _check_database(app.db_path, checks)
-    _check_key(checks)
-    _check_profiles(vault, profile_rows, checks)
+    vault = _check_vault(app.env, checks)
+    profile_rows = _check_database(app.env, app.db_path, checks)
+    _check_key(app.env, checks)
+    _check_profiles(app.env, vault, profile_rows, checks)
     return checks
 
 
 # -- Vault ----------------------------------------------------------------------------------------
 
 
-def _check_vault(checks: list[Check]):
+def _check_vault(env: settings.Env, checks: list[Check]) -> Vault | None:
     from broker.vault import Vault, VaultSettings
 
-    source = (
-        "VAULT_AGENT_ADDR"
-        if os.environ.get("VAULT_AGENT_ADDR")
-        else "VAULT_ADDR"
-        if os.environ.get("VAULT_ADDR")
-        else "default"
-    )
     try:
-        vault_settings = VaultSettings.from_env()
+        vault_settings = VaultSettings.from_env(env)
     except BrokerError as exc:
         checks.append(Check(FAIL, f"vault address: {exc}"))
         return None
-    token_source = (
-        "VAULT_TOKEN"
-        if os.environ.get("VAULT_TOKEN", "").strip()
-        else "~/.vault-token"
-        if vault_settings.token
-        else "none (a Vault Agent's auto-auth)"
+    checks.append(
+        Check(
+            OK,
+            f"vault address: {vault_settings.addr} (from {env.vault_addr_source}); "
+            f"token from {vault_settings.token_source}",
+        )
     )
-    checks.append(Check(OK, f"vault address: {vault_settings.addr} (from {source}); token from {token_source}"))
     vault = Vault(vault_settings)
     try:
         data = vault.lookup_self()
@@ -109,7 +106,7 @@ def _token_check(data: dict) -> Check:
 # -- the ledger and the key ------------------------------------------------------------------------
 
 
-def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
+def _check_database(env: settings.Env, path: str, checks: list[Check]) -> list[tuple] | None:
     """Path, permissions and schema revision, read-only; returns the profiles when readable."""
     directory = os.path.dirname(path)
     if not os.path.exists(path):
@@ -153,7 +150,7 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
             checks.append(_revision_check(revision))
             return None
         checks.append(Check(OK, f"database schema: revision {revision} (current)"))
-        checks.append(_interrupted_issuances(conn))
+        checks.append(_interrupted_issuances(env, conn))
         return conn.execute(
             "SELECT name, mount, role, namespace, credential_type FROM profiles ORDER BY name"
         ).fetchall()
@@ -164,14 +161,14 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
         conn.close()
 
 
-def _interrupted_issuances(conn) -> Check:
+def _interrupted_issuances(env: settings.Env, conn: sqlite3.Connection) -> Check:
     """Intent rows whose worker died before recording: Vault may hold a lease the ledger lacks."""
     rows = conn.execute(
         "SELECT namespace, mount, endpoint, role, role_session_name, started_at, pid, host FROM intents "
         "WHERE started_at < ? ORDER BY started_at",
         (int(time.time()) - STALE_INTENT_SECONDS,),
     ).fetchall()
-    here = settings.host_name()
+    here = env.host_name()
     stale = [r for r in rows if r[7] != here or not _pid_alive(r[6])]
     if not stale:
         return Check(OK, "interrupted issuances: none")
@@ -216,15 +213,15 @@ def _revision_check(revision: str) -> Check:
     )
 
 
-def _check_key(checks: list[Check]) -> None:
+def _check_key(env: settings.Env, checks: list[Check]) -> None:
     """Where the key for cached secrets is, and that it is usable; never creates one."""
     try:
-        kind, where = crypto.key_source()
+        kind, where = crypto.key_source(env)
         if kind == "BROKER_KEY":
-            crypto.load_key(create=False, allow_keyring=False)
+            crypto.load_key(env, create=False, allow_keyring=False)
             checks.append(Check(OK, "encryption key: from BROKER_KEY"))
         elif kind == "keyring":
-            found = crypto.load_key(create=False)
+            found = crypto.load_key(env, create=False)
             if found is None:
                 checks.append(
                     Check(WARN, f"encryption key: none in the OS keyring ({where}) yet; created at the first issuance")
@@ -232,12 +229,12 @@ def _check_key(checks: list[Check]) -> None:
             else:
                 checks.append(Check(OK, f"encryption key: in the OS keyring ({where})"))
         else:
-            _check_key_file(where or crypto.key_file(), checks)
+            _check_key_file(env, where or crypto.key_file(env), checks)
     except (crypto.KeyUnusable, OSError) as exc:
         checks.append(Check(FAIL, f"encryption key: {getattr(exc, 'strerror', None) or exc}"))
 
 
-def _check_key_file(path: str, checks: list[Check]) -> None:
+def _check_key_file(env: settings.Env, path: str, checks: list[Check]) -> None:
     if not os.path.exists(path):
         checks.append(Check(WARN, f"encryption key: {path} does not exist yet (created at the first issuance)"))
         return
@@ -256,7 +253,7 @@ def _check_key_file(path: str, checks: list[Check]) -> None:
     if problems:
         checks.append(Check(FAIL, f"encryption key: {'; '.join(problems)}"))
         return
-    if crypto.load_key(create=False, allow_keyring=False) is None:
+    if crypto.load_key(env, create=False, allow_keyring=False) is None:
         checks.append(Check(FAIL, f"encryption key: cannot read {path}"))
         return
     checks.append(Check(OK, f"encryption key: {path} (mode {stat.S_IMODE(info.st_mode):04o})"))
@@ -265,7 +262,7 @@ def _check_key_file(path: str, checks: list[Check]) -> None:
 # -- profiles -------------------------------------------------------------------------------------
 
 
-def _check_profiles(vault, rows: list[tuple] | None, checks: list[Check]) -> None:
+def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[tuple] | None, checks: list[Check]) -> None:
     if rows is None:
         return
     if not rows:
@@ -273,12 +270,12 @@ def _check_profiles(vault, rows: list[tuple] | None, checks: list[Check]) -> Non
         return
     for name, mount, role, namespace, credential_type in rows:
         what = f"profile {name}: {mount}/roles/{role}" + (
-            f" in namespace {settings.vault_namespace(namespace)}" if settings.vault_namespace(namespace) else ""
+            f" in namespace {env.vault_namespace(namespace)}" if env.vault_namespace(namespace) else ""
         )
         if vault is None:
             checks.append(Check(WARN, f"{what}: not checked (Vault is not usable)"))
             continue
-        checks.append(_role_check(vault, what, mount, role, settings.vault_namespace(namespace), credential_type))
+        checks.append(_role_check(vault, what, mount, role, env.vault_namespace(namespace), credential_type))
 
 
 def _role_check(vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:

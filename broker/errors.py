@@ -2,6 +2,12 @@
 them into a line on stderr. Messages never contain a secret, a token or a password."""
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` with its white space folded to single spaces, cut at `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class BrokerError(Exception):
     """Base class: a failure with a one-line explanation of what to do next."""
 

@@ -19,8 +19,6 @@ except ImportError:  # pragma: no cover
 from broker import cache, crypto, durations, settings
 from broker.errors import LockTimeout
 
-LOCK_WAIT_SECONDS = 15.0  # as long as the full CLI would wait (leases.LOCK_WAIT_SECONDS)
-
 FLAG_FIELDS = {
     "--profile": "profile",
     "--mount": "mount",
@@ -80,17 +78,18 @@ def serve(argv: list) -> int | None:
             options["ttl"] = durations.parse_ttl(options["ttl"])  # same range as the CLI's
         if options.get("credential_type", "iam_user") not in cache.CREDENTIAL_TYPES:
             return None  # the CLI says which types exist
-        path = settings.db_path(options.get("db"))
+        env = settings.load()
+        path = settings.db_path(options.get("db"), env)
         if not (_safe(path, 0o600) and _safe(os.path.dirname(path), 0o700)):
             return None
         conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:
-            key = _cache_key(conn, options)
+            key = _cache_key(conn, env, options)
             if key is None:
                 return None
-            answer = _answer(conn, key)
+            answer = _answer(conn, env, key)
             if answer is None:
-                answer = _wait_for_issuance(conn, path, key)
+                answer = _wait_for_issuance(conn, env, path, key)
                 if answer is None:
                     return None
         finally:
@@ -105,15 +104,15 @@ def serve(argv: list) -> int | None:
     return 0
 
 
-def _wait_for_issuance(conn, path: str, key: str) -> str | None:
+def _wait_for_issuance(conn, env: settings.Env, path: str, key: str) -> str | None:
     """Take the request's issuance lock and look again. On a hit, release it and return the answer;
     otherwise keep holding it for the full CLI (locks.adopt) and return None."""
     from broker import locks
 
     lock = locks.lock_path(path, key)
-    fd = locks.acquire(lock, LOCK_WAIT_SECONDS, "issuance lock")
+    fd = locks.acquire(lock, locks.ISSUANCE_WAIT_SECONDS, "issuance lock")
     try:
-        answer = _answer(conn, key)
+        answer = _answer(conn, env, key)
     except BaseException:
         os.close(fd)
         raise
@@ -124,7 +123,7 @@ def _wait_for_issuance(conn, path: str, key: str) -> str | None:
     return answer
 
 
-def _cache_key(conn, options: dict) -> str | None:
+def _cache_key(conn, env: settings.Env, options: dict) -> str | None:
     row = conn.execute(cache.SCHEMA_QUERY).fetchone()
     if row is None or row[0] != cache.SCHEMA_HEAD:
         return None
@@ -141,15 +140,15 @@ def _cache_key(conn, options: dict) -> str | None:
     request = cache.merge_request(profile, options)
     if not request["mount"] or not request["role"]:
         return None
-    return cache.cache_key(settings.vault_addr(), settings.vault_namespace(request["namespace"]), request)
+    return cache.cache_key(env.vault_addr, env.vault_namespace(request["namespace"]), request)
 
 
-def _answer(conn, key: str) -> str | None:
+def _answer(conn, env: settings.Env, key: str) -> str | None:
     """The credential_process JSON for a servable cached credential, or None."""
     hit = cache.find_hit(conn, key, time.time())
     if hit is None:
         return None
-    secret_key = crypto.load_key(create=False, allow_keyring=False)
+    secret_key = crypto.load_key(env, create=False, allow_keyring=False)
     if secret_key is None:
         return None
     _row_id, access_key_id, blob, _started, expires_at = hit

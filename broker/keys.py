@@ -20,7 +20,7 @@ class KeyStatus:
 
 
 def status(app) -> KeyStatus:
-    kind, where = crypto.key_source()
+    kind, where = crypto.key_source(app.env)
     key = app.key(create=False)
     with app.transaction(read_only=True) as session:
         count = session.scalar(select(func.count()).select_from(Lease).where(Lease.secret.is_not(None)))
@@ -36,7 +36,7 @@ class Rotation:
 def rotate(app) -> Rotation:
     """Seal every cached secret under a new key, then store the key, in one write transaction:
     a crash at any point leaves secrets that open with the stored key, or none (re-issued)."""
-    if crypto.key_source()[0] == "BROKER_KEY":
+    if crypto.key_source(app.env)[0] == "BROKER_KEY":
         raise UsageError("the key comes from BROKER_KEY; set a new value there instead (cached secrets are discarded)")
     old = app.key(create=True)
     new_text = crypto.new_key_text()
@@ -53,5 +53,5 @@ def rotate(app) -> Rotation:
             sealed = crypto.seal(new, opened[0], opened[1], access_key_id)
             session.execute(update(Lease).where(Lease.id == row_id).values(secret=sealed))
             reencrypted += 1
-        crypto.store_key(new_text)
+        crypto.store_key(app.env, new_text)
     return Rotation(reencrypted=reencrypted, discarded=discarded)

@@ -13,6 +13,7 @@ import time
 from broker.errors import LockTimeout
 
 POLL_SECONDS = 0.005
+ISSUANCE_WAIT_SECONDS = 15.0  # how long a caller waits for another process's issuance of the same request
 
 # Locks this process already holds, handed from the cache-hit path to the full CLI (see
 # fastpath.serve): taking them again through a new descriptor would wait on ourselves.

@@ -1,43 +1,135 @@
-"""Where broker keeps its files and which Vault it talks to, read from the environment when asked.
+"""Every environment variable broker reads, read in one place, once per command (`load()`), and
+where broker keeps its files. Services get the `Env` from `App.env`; doctor reports from it too.
 
 Standard library only and no module-level work: the cache-hit path imports this on every call.
+Values are kept as given; the few that need parsing are parsed where they are used, so a bad
+BROKER_VAULT_TIMEOUT fails a command that talks to Vault, not `broker leases`.
 """
+
+from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing is not imported on the hit path; mypy reads this as True
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 DEFAULT_VAULT_ADDR = "https://127.0.0.1:8200"  # the Vault CLI's default (hvac's differs)
 
+# (attribute, variable): everything broker reads from the environment.
+VARIABLES = (
+    ("db", "BROKER_DB"),
+    ("key", "BROKER_KEY"),
+    ("key_dir_override", "BROKER_KEY_DIR"),
+    ("key_store", "BROKER_KEY_STORE"),
+    ("ledger_url", "BROKER_LEDGER_URL"),
+    ("host", "BROKER_HOST"),
+    ("debug", "BROKER_DEBUG"),
+    ("vault_timeout", "BROKER_VAULT_TIMEOUT"),
+    ("vault_retry_seconds", "BROKER_VAULT_RETRY_SECONDS"),
+    ("revoke_concurrency", "BROKER_REVOKE_CONCURRENCY"),
+    ("agent_addr", "VAULT_AGENT_ADDR"),
+    ("plain_addr", "VAULT_ADDR"),
+    ("namespace", "VAULT_NAMESPACE"),
+    ("token", "VAULT_TOKEN"),
+    ("cacert", "VAULT_CACERT"),
+    ("capath", "VAULT_CAPATH"),
+    ("skip_verify", "VAULT_SKIP_VERIFY"),
+    ("client_cert", "VAULT_CLIENT_CERT"),
+    ("client_key", "VAULT_CLIENT_KEY"),
+    ("pgpassword", "PGPASSWORD"),
+    ("aws_config_file", "AWS_CONFIG_FILE"),
+    ("xdg_data_home", "XDG_DATA_HOME"),
+    ("xdg_config_home", "XDG_CONFIG_HOME"),
+    ("xdg_runtime_dir", "XDG_RUNTIME_DIR"),
+)
 
-def _xdg(var: str, fallback: str) -> str:
-    value = os.environ.get(var, "")
+
+class Env:
+    """The environment as broker sees it: one attribute per variable in VARIABLES ("" when unset)."""
+
+    __slots__ = tuple(name for name, _ in VARIABLES)
+
+    db: str
+    key: str
+    key_dir_override: str
+    key_store: str
+    ledger_url: str
+    host: str
+    debug: str
+    vault_timeout: str
+    vault_retry_seconds: str
+    revoke_concurrency: str
+    agent_addr: str
+    plain_addr: str
+    namespace: str
+    token: str
+    cacert: str
+    capath: str
+    skip_verify: str
+    client_cert: str
+    client_key: str
+    pgpassword: str
+    aws_config_file: str
+    xdg_data_home: str
+    xdg_config_home: str
+    xdg_runtime_dir: str
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        for name, variable in VARIABLES:
+            setattr(self, name, environ.get(variable, ""))
+
+    @property
+    def vault_addr(self) -> str:
+        """`VAULT_AGENT_ADDR` wins over `VAULT_ADDR`, as in Vault's own Go client."""
+        return (self.agent_addr or self.plain_addr or DEFAULT_VAULT_ADDR).rstrip("/")
+
+    @property
+    def vault_addr_source(self) -> str:
+        """Which variable `vault_addr` came from, for messages and doctor."""
+        if self.agent_addr:
+            return "VAULT_AGENT_ADDR"
+        return "VAULT_ADDR" if self.plain_addr else "the default (VAULT_ADDR unset)"
+
+    def vault_namespace(self, profile_namespace: str | None = None) -> str:
+        """The namespace sent as `X-Vault-Namespace`: the profile's, else `VAULT_NAMESPACE`, else root."""
+        return (profile_namespace or self.namespace or "").strip("/")
+
+    @property
+    def key_dir(self) -> str:
+        """The directory of the encryption key file: kept apart from the database on purpose."""
+        chosen = self.key_dir_override or os.path.join(_xdg(self.xdg_config_home, ".config"), "broker")
+        return os.path.abspath(os.path.expanduser(chosen))
+
+    @property
+    def aws_config_path(self) -> str:
+        return os.path.abspath(os.path.expanduser(self.aws_config_file or "~/.aws/config"))
+
+    def host_name(self) -> str:
+        """This machine's name in the ledger: `BROKER_HOST`, else the host name."""
+        import socket
+
+        return self.host or socket.gethostname()
+
+
+def load() -> Env:
+    """The environment of this process, now."""
+    return Env(os.environ)
+
+
+def _xdg(value: str, fallback: str) -> str:
     return value if os.path.isabs(value) else os.path.join(os.path.expanduser("~"), fallback)
 
 
-def db_path(option: str | None = None) -> str:
-    """`--db`, else `BROKER_DB`, else `$XDG_DATA_HOME/broker/broker.db`."""
-    chosen = (
-        option
-        or os.environ.get("BROKER_DB")
-        or os.path.join(_xdg("XDG_DATA_HOME", ".local/share"), "broker", "broker.db")
-    )
+def default_db_path(env: Env) -> str:
+    """Where the ledger lives when neither --db nor BROKER_DB says: `$XDG_DATA_HOME/broker/broker.db`."""
+    return os.path.join(_xdg(env.xdg_data_home, ".local/share"), "broker", "broker.db")
+
+
+def db_path(option: str | None, env: Env) -> str:
+    """`--db`, else `BROKER_DB`, else the default path."""
+    chosen = option or env.db or default_db_path(env)
     return os.path.abspath(os.path.expanduser(chosen))
-
-
-def key_dir() -> str:
-    """The directory of the encryption key file: kept apart from the database on purpose."""
-    chosen = os.environ.get("BROKER_KEY_DIR") or os.path.join(_xdg("XDG_CONFIG_HOME", ".config"), "broker")
-    return os.path.abspath(os.path.expanduser(chosen))
-
-
-def vault_addr() -> str:
-    """`VAULT_AGENT_ADDR` wins over `VAULT_ADDR`, as in Vault's own Go client."""
-    addr = os.environ.get("VAULT_AGENT_ADDR") or os.environ.get("VAULT_ADDR") or DEFAULT_VAULT_ADDR
-    return addr.rstrip("/")
-
-
-def vault_namespace(profile_namespace: str | None = None) -> str:
-    """The namespace sent as `X-Vault-Namespace`: the profile's, else `VAULT_NAMESPACE`, else root."""
-    return (profile_namespace or os.environ.get("VAULT_NAMESPACE") or "").strip("/")
 
 
 def permission_problem(path: str, info: os.stat_result, wanted: int) -> str | None:
@@ -49,13 +141,6 @@ def permission_problem(path: str, info: os.stat_result, wanted: int) -> str | No
     return None
 
 
-def host_name() -> str:
-    """This machine's name in the ledger: `BROKER_HOST`, else the host name."""
-    import socket
-
-    return os.environ.get("BROKER_HOST") or socket.gethostname()
-
-
 def os_user() -> str:
     """The OS user; works in cron and CI, where there is no login terminal."""
     import getpass
@@ -64,3 +149,8 @@ def os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid{os.getuid()}"
+
+
+def actor(env: Env) -> str:
+    """Who acts: `user@host`, recorded as revoked_by by every revocation, local or fleet."""
+    return f"{os_user()}@{env.host_name()}"

@@ -22,6 +22,7 @@ from broker.errors import (
     VaultSealed,
     VaultTimeout,
     VaultUnreachable,
+    one_line,
 )
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,7 @@ DEFAULT_RETRY_SECONDS = 2.0  # total time spent retrying connection errors, 429,
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
 
 
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+def _env_seconds(name: str, raw: str, default: float) -> float:
     if not raw:
         return default
     try:
@@ -52,44 +52,42 @@ class VaultSettings:
     cert: tuple[str, str] | None
     timeout: float
     retry_seconds: float
+    token_source: str = "VAULT_TOKEN"  # noqa: S105 - where the token came from, not a token
 
     @classmethod
-    def from_env(cls) -> VaultSettings:
-        addr = settings.vault_addr()
+    def from_env(cls, env: settings.Env) -> VaultSettings:
+        addr = env.vault_addr
         parsed = urllib.parse.urlsplit(addr)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            source = "VAULT_AGENT_ADDR" if os.environ.get("VAULT_AGENT_ADDR") else "VAULT_ADDR"
-            raise UsageError(f"{source} {addr!r} is not a URL like https://vault.example.com:8200")
-        verify: bool | str = True
-        if os.environ.get("VAULT_CACERT"):
-            verify = os.environ["VAULT_CACERT"]
-        elif os.environ.get("VAULT_CAPATH"):
-            verify = os.environ["VAULT_CAPATH"]
-        if os.environ.get("VAULT_SKIP_VERIFY", "").strip().lower() in TRUE_WORDS:
+            raise UsageError(f"{env.vault_addr_source} {addr!r} is not a URL like https://vault.example.com:8200")
+        verify: bool | str = env.cacert or env.capath or True
+        if env.skip_verify.strip().lower() in TRUE_WORDS:
             verify = False
-        cert_file, key_file = os.environ.get("VAULT_CLIENT_CERT"), os.environ.get("VAULT_CLIENT_KEY")
-        if bool(cert_file) != bool(key_file):
+        if bool(env.client_cert) != bool(env.client_key):
             raise UsageError("VAULT_CLIENT_CERT and VAULT_CLIENT_KEY must be set together")
+        token, token_source = read_token(env)
         return cls(
             addr=addr,
-            token=read_token(),
+            token=token,
             verify=verify,
-            cert=(cert_file, key_file) if cert_file and key_file else None,
-            timeout=_env_seconds("BROKER_VAULT_TIMEOUT", DEFAULT_TIMEOUT),
-            retry_seconds=_env_seconds("BROKER_VAULT_RETRY_SECONDS", DEFAULT_RETRY_SECONDS),
+            cert=(env.client_cert, env.client_key) if env.client_cert and env.client_key else None,
+            timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_TIMEOUT),
+            retry_seconds=_env_seconds("BROKER_VAULT_RETRY_SECONDS", env.vault_retry_seconds, DEFAULT_RETRY_SECONDS),
+            token_source=token_source,
         )
 
 
-def read_token() -> str | None:
-    """`VAULT_TOKEN`, else `~/.vault-token`, else None (a Vault Agent/Proxy with auto-auth)."""
-    token = os.environ.get("VAULT_TOKEN", "").strip()
-    if token:
-        return token
+def read_token(env: settings.Env) -> tuple[str | None, str]:
+    """`VAULT_TOKEN`, else `~/.vault-token`, else None (a Vault Agent/Proxy with auto-auth), and
+    where it came from."""
+    if env.token.strip():
+        return env.token.strip(), "VAULT_TOKEN"
     try:
         with open(os.path.join(os.path.expanduser("~"), ".vault-token"), encoding="utf-8") as handle:
-            return handle.read().strip() or None
+            token = handle.read().strip() or None
     except OSError:
-        return None
+        token = None
+    return token, "~/.vault-token" if token else "none (a Vault Agent's auto-auth)"
 
 
 @dataclass(frozen=True)
@@ -129,8 +127,8 @@ def namespace_of_lease(header_namespace: str, request_path: str, lease_id: str) 
 class Vault:
     """A Vault connection for one command: hvac clients per namespace, with retries and one-line errors."""
 
-    def __init__(self, vault_settings: VaultSettings | None = None):
-        self.settings = vault_settings or VaultSettings.from_env()
+    def __init__(self, vault_settings: VaultSettings):
+        self.settings = vault_settings
         self._clients: dict[str, object] = {}
 
     @property
@@ -384,21 +382,16 @@ def recorded_type(hint: str | None, data: dict, token) -> str:
     return "federation_token" if "ttl" in data else "session_token"
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def _short(exc: BaseException) -> str:
-    return _one_line(type(exc).__name__ + (f": {exc.args[0]}" if exc.args else ""), 200)
+    return one_line(type(exc).__name__ + (f": {exc.args[0]}" if exc.args else ""), 200)
 
 
 def _vault_message(exc) -> str:
     errors = getattr(exc, "errors", None)
     if isinstance(errors, list | tuple) and errors:
-        return _one_line("; ".join(str(e) for e in errors))
+        return one_line("; ".join(str(e) for e in errors), 300)
     return (
-        _one_line(getattr(exc, "text", "") or "")[:200]
+        one_line(getattr(exc, "text", "") or "", 300)[:200]
         if "<html" not in str(getattr(exc, "text", "")).lower()
         else "an HTML page"
     )

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.brokerproc import ROOT, broker_argv, child_env, credential, run_broker
+from tests.support.brokerproc import ROOT, broker_argv, child_env, credential, run_broker
 
 ASSUMED_ROLE_ARN = "arn:aws:iam::123456789012:role/broker-assumed"
 
@@ -131,7 +131,7 @@ def test_namespaces(vault, db_path, how):
 
 
 def test_agent_address_wins_and_token_file_is_read(vault, tmp_path, monkeypatch):
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     monkeypatch.setenv("VAULT_AGENT_ADDR", vault.url)
     monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{free_port()}")
@@ -254,7 +254,7 @@ def test_a_threaded_caller_issues_through_a_worker_process(vault, db_path):
     """In a multi-threaded process (the credential server) issuance runs in `broker _issue`."""
     import threading
 
-    from broker import leases
+    from broker import issuance
     from broker.app import App
 
     app = App()
@@ -262,14 +262,14 @@ def test_a_threaded_caller_issues_through_a_worker_process(vault, db_path):
     other = threading.Thread(target=stop.wait, args=(30,), daemon=True)
     other.start()
     try:
-        request = leases.build_request(app, None, {"mount": "aws", "role": "deploy"})
-        got = leases.obtain(app, request)
+        request = issuance.build_request(app, None, {"mount": "aws", "role": "deploy"})
+        got = issuance.obtain(app, request)
     finally:
         stop.set()
         other.join(5)
     assert got.access_key_id == vault.issued[-1].access_key and got.lease_row
     assert ledger_rows(db_path)[0]["lease_id"] == vault.issued[-1].lease_id
-    assert leases.obtain(app, request) == got
+    assert issuance.obtain(app, request) == got
 
 
 def test_a_wrong_credential_type_flag_does_not_mislabel_the_ledger(vault, db_path):
@@ -293,10 +293,10 @@ def test_a_held_issuance_lock_times_out_once(vault, db_path):
 
     add_profile("deploy", "--mount", "aws", "--role", "deploy")
     request = cache.merge_request({"mount": "aws", "role": "deploy"}, {})
-    fd = locks.acquire(locks.lock_path(db_path, cache.cache_key(settings.vault_addr(), "", request)), 1)
+    fd = locks.acquire(locks.lock_path(db_path, cache.cache_key(settings.load().vault_addr, "", request)), 1)
     try:
         probe = (
-            "import sys; from broker import fastpath; fastpath.LOCK_WAIT_SECONDS = 1.0\n"
+            "import sys; from broker import fastpath, locks; locks.ISSUANCE_WAIT_SECONDS = 1.0\n"
             "sys.exit(fastpath.serve(['credential-process', '--profile', 'deploy']))\n"
         )
         import sys as _sys

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import crypto, locks, profiles
+from broker import crypto, locks, profiles, settings
 from broker.errors import UsageError
-from tests.brokerproc import assert_one_line_error, broker_argv, child_env, credential, run_broker
+from tests.support.brokerproc import assert_one_line_error, broker_argv, child_env, credential, run_broker
 
 
 def database_bytes() -> bytes:
@@ -64,7 +64,7 @@ def test_verbose_logs_and_errors_never_show_a_secret_or_the_token(vault):
 
 def test_a_lost_key_means_a_new_credential_not_a_crash(vault):
     first = credential("--mount", "aws", "--role", "deploy")
-    os.unlink(crypto.key_file())
+    os.unlink(crypto.key_file(settings.load()))
     second = credential("--mount", "aws", "--role", "deploy")
     assert second["AccessKeyId"] != first["AccessKeyId"]
     assert credential("--mount", "aws", "--role", "deploy") == second
@@ -80,11 +80,11 @@ def test_a_replaced_key_discards_what_it_cannot_open(vault, monkeypatch):
 
 def test_rotation_reencrypts_and_keeps_serving(vault):
     first = credential("--mount", "aws", "--role", "deploy")
-    old_key = Path(crypto.key_file()).read_text()
+    old_key = Path(crypto.key_file(settings.load())).read_text()
     result = run_broker("key", "rotate")
     assert result.returncode == 0 and "1 secret(s) re-encrypted" in result.stderr
-    assert Path(crypto.key_file()).read_text() != old_key
-    assert oct(os.stat(crypto.key_file()).st_mode & 0o777) == "0o600"
+    assert Path(crypto.key_file(settings.load())).read_text() != old_key
+    assert oct(os.stat(crypto.key_file(settings.load())).st_mode & 0o777) == "0o600"
     assert credential("--mount", "aws", "--role", "deploy") == first
     assert len(vault.issued) == 1
     status = run_broker("key", "status")
@@ -96,7 +96,7 @@ def test_broker_key_from_the_environment(vault, monkeypatch):
     monkeypatch.setenv("BROKER_KEY", crypto.new_key_text())
     first = credential("--mount", "aws", "--role", "deploy")
     assert credential("--mount", "aws", "--role", "deploy") == first
-    assert not os.path.exists(crypto.key_file())
+    assert not os.path.exists(crypto.key_file(settings.load()))
     assert_one_line_error(run_broker("key", "rotate"), contains="BROKER_KEY", code=2)
     monkeypatch.setenv("BROKER_KEY", "too-short")
     assert_one_line_error(run_broker("credential-process", "--mount", "aws", "--role", "deploy"), contains="BROKER_KEY")
@@ -107,7 +107,7 @@ def test_os_keyring_holds_the_key_and_hits_use_the_runtime_copy(vault, monkeypat
     monkeypatch.setenv("BROKER_KEY_STORE", "keyring")
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
     first = credential("--mount", "aws", "--role", "deploy")
-    assert not os.path.exists(crypto.key_file())
+    assert not os.path.exists(crypto.key_file(settings.load()))
     runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / "broker" / "key"
     assert runtime.exists() and runtime.stat().st_mode & 0o777 == 0o600
     assert credential("--mount", "aws", "--role", "deploy") == first
@@ -169,7 +169,7 @@ def test_killed_caller_still_records_the_lease(vault):
         finally:
             conn.close()
 
-    from tests.helpers import wait_for
+    from tests.support.helpers import wait_for
 
     rows = wait_for(recorded, timeout=15)  # noqa
     assert [r[0] for r in rows] == [i.lease_id for i in vault.issued]

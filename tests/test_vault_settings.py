@@ -5,6 +5,7 @@ from __future__ import annotations
 import hvac  # imported first on purpose: hvac reads its TLS variables at import time
 import pytest
 
+from broker import settings
 from broker.errors import UsageError
 from broker.vault import Vault, VaultSettings, namespace_of_lease
 
@@ -17,21 +18,21 @@ def test_tls_variables_are_read_at_call_time(monkeypatch, tmp_path):
     monkeypatch.setenv("VAULT_CLIENT_CERT", "/etc/cert.pem")
     monkeypatch.setenv("VAULT_CLIENT_KEY", "/etc/key.pem")
     monkeypatch.setenv("VAULT_TOKEN", "t0ken")
-    client = Vault().client("team1")
+    client = Vault(VaultSettings.from_env(settings.load())).client("team1")
     assert isinstance(client, hvac.Client)
     assert client.adapter.session.verify == str(ca)
     assert client.adapter._kwargs["cert"] == ("/etc/cert.pem", "/etc/key.pem")
     assert client.adapter.namespace == "team1"
     monkeypatch.setenv("VAULT_SKIP_VERIFY", "true")
-    assert Vault().client().adapter.session.verify is False
+    assert Vault(VaultSettings.from_env(settings.load())).client().adapter.session.verify is False
 
 
 def test_capath_and_agent_address(monkeypatch):
     monkeypatch.setenv("VAULT_ADDR", "https://server:8200")
     monkeypatch.setenv("VAULT_AGENT_ADDR", "http://127.0.0.1:8100")
     monkeypatch.setenv("VAULT_CAPATH", "/etc/ssl/certs")
-    settings = VaultSettings.from_env()
-    assert settings.addr == "http://127.0.0.1:8100" and settings.verify == "/etc/ssl/certs"
+    vault_settings = VaultSettings.from_env(settings.load())
+    assert vault_settings.addr == "http://127.0.0.1:8100" and vault_settings.verify == "/etc/ssl/certs"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_bad_settings(monkeypatch, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(UsageError, match=message):
-        VaultSettings.from_env()
+        VaultSettings.from_env(settings.load())
 
 
 @pytest.mark.parametrize(
