@@ -12,9 +12,10 @@ import logging
 import os
 import sqlite3
 import time
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,9 @@ from broker.errors import (
     PathNotWritable,
     UnsafePermissions,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +161,7 @@ def ensure_schema(engine: Engine, path: str) -> None:
 
         log.info("migrating %s from %s to %s", path, current or "empty", cache.SCHEMA_HEAD)
         with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            command.upgrade(alembic_config(connection=conn), "head")
 
 
 def backup(engine: Engine, path: str, revision: str) -> str:
@@ -186,12 +189,40 @@ def migrations_dir() -> str:
     raise BrokerError("broker's migration scripts are missing from this installation; reinstall broker")
 
 
-def alembic_config():
+def alembic_config(script_location: str | None = None, connection: Connection | None = None) -> AlembicConfig:
+    """An Alembic Config built in code (no ini file, so no logging set-up): the local migrations,
+    or those in `script_location`, run on `connection` when given ("Sharing a Connection")."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", migrations_dir().replace("%", "%%"))
+    config.set_main_option("script_location", (script_location or migrations_dir()).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
+
+
+def run_migration_env(context: Any, metadata: MetaData, url: str | None, **options: Any) -> None:
+    """The body of both Alembic env.py files (local and fleet): migrate the connection broker passes
+    in `config.attributes["connection"]`, or, when a developer runs `alembic` from a checkout, the
+    database at `url` (logging configured from the ini file only then)."""
+    config = context.config
+
+    def run(connection: Connection) -> None:
+        context.configure(connection=connection, target_metadata=metadata, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    if config.config_file_name:
+        from logging.config import fileConfig
+
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
+    with create_engine(url or config.get_main_option("sqlalchemy.url")).connect() as conn:
+        run(conn)
+        conn.commit()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ from broker.errors import UsageError
 # What `broker exec` sets to mark its children; its presence in our own environment means nesting.
 PROFILE_VAR = "BROKER_PROFILE"
 
-CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 CONTAINER_URI_VAR = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 CONTAINER_TOKEN_VAR = "AWS_CONTAINER_AUTHORIZATION_TOKEN"  # noqa: S105 - a variable name, not a secret
 
@@ -104,8 +103,6 @@ def credential_vars(keys: Keys) -> dict[str, str]:
 
 
 # -- `broker export` ------------------------------------------------------------------------------
-
-EXPORT_FORMATS = ("env", "json", "ini")
 
 
 def render_export(keys: Keys, fmt: str, *, profile: str, region: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Reading the ledger for people: which leases match a filter, as rows of public fields only.
+"""`broker leases`: which ledger rows a selection names, as rows of public fields only.
 
 PUBLIC_COLUMNS is the one whitelist of lease fields that may leave the database in a listing or a
 report. The query selects these columns and nothing else, so a secret key or session token (sealed
@@ -12,12 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, true
+from sqlalchemy import func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from broker import cache, durations
-from broker.errors import UsageError
 from broker.models import Lease
+from broker.selection import Selection
+
+if TYPE_CHECKING:
+    from broker.app import App
 
 # The one whitelist: every field a listing or report may show. Never add `secret` or `cache_key`.
 PUBLIC_COLUMNS = [
@@ -52,54 +57,26 @@ TABLE_HEADERS = {
     "state": "STATE",
     "revoked_at": "REVOKED (UTC)",
 }
-STATES = ("active", "expired", "revoked", "all")
 YIELD_PER = 2000
-_TABLE_TIME_WIDTH = 19  # "2026-11-26 19:08:30"
-_LEFT_WIDTH = 12  # "32d23h59m59s"
+# Widths of the table's columns whose values have a known size: "2026-11-26 19:08:30", "expired",
+# "32d23h59m59s".
+FIXED_WIDTHS = {"issued_at": 19, "expires_at": 19, "revoked_at": 19, "state": len("expired"), "left": 12}
+
+# The local ledger's columns by name, for Selection.conditions.
+LEDGER_COLUMNS: dict[str, ColumnElement[Any]] = {c.key: c for c in Lease.__table__.c}
 
 _SELECTED = [getattr(Lease, name) for name in PUBLIC_COLUMNS if name != "state"] + [Lease.state]
 _SELECTED_NAMES = [name for name in PUBLIC_COLUMNS if name != "state"] + ["state"]
-
-
-@dataclass(frozen=True)
-class LeaseFilter:
-    """Which ledger rows a listing shows; None means any."""
-
-    profile: str | None = None
-    mount: str | None = None
-    role: str | None = None
-    state: str = "all"
-
-    def __post_init__(self) -> None:
-        if self.state not in STATES:
-            raise UsageError(f"invalid state {self.state!r}: one of {', '.join(STATES)}")
-
-    def where(self, now: int):
-        """The SQL condition for this filter at time `now` ("expired" = active and past its end)."""
-        parts = []
-        if self.profile is not None:
-            parts.append(Lease.profile == self.profile)
-        if self.mount is not None:
-            parts.append(Lease.mount == self.mount.strip("/"))
-        if self.role is not None:
-            parts.append(Lease.role == self.role)
-        if self.state == "active":
-            parts += [Lease.state == "active", Lease.expires_at > now]
-        elif self.state == "expired":
-            parts += [Lease.state == "active", Lease.expires_at <= now]
-        elif self.state == "revoked":
-            parts.append(Lease.state == "revoked")
-        return and_(true(), *parts)
 
 
 @dataclass
 class Listing:
     """What `broker leases` renders: rows (a one-shot generator) and how to lay them out."""
 
-    rows: Iterator[dict]
+    rows: Iterator[dict[str, Any]]
     columns: list[str]
-    headers: dict | None = None
-    widths: dict | None = None  # for a streamed table
+    headers: dict[str, str] | None = None
+    widths: dict[str, int] | None = None  # for a streamed table
 
 
 def derived_state(state: str, expires_at: int, now: float) -> str:
@@ -118,7 +95,7 @@ def time_left(state: str, expires_at: int, now: float) -> str | None:
     return durations.format_duration(int(expires_at - now)) if state == "active" else None
 
 
-def public_row(values: dict, now: float, *, table: bool) -> dict:
+def public_row(values: dict[str, Any], now: float, *, table: bool) -> dict[str, Any]:
     """A listing row from selected public columns: derived state, times as ISO-8601 UTC (or
     readable, with time left, for the table)."""
     row = {name: values[name] for name in PUBLIC_COLUMNS}
@@ -133,23 +110,23 @@ def public_row(values: dict, now: float, *, table: bool) -> dict:
     return row
 
 
-def list_leases(app, lease_filter: LeaseFilter, *, table: bool = False) -> Listing:
-    """The leases matching `lease_filter`, newest first, streamed. For a table, column widths
+def list_leases(app: App, selection: Selection, *, table: bool = False) -> Listing:
+    """The leases `selection` names, newest first, streamed. For a table, column widths
     come from one aggregate query first, so the table streams as well."""
     now = int(time.time())
-    widths = _table_widths(app, lease_filter, now) if table else None
+    widths = _table_widths(app, selection, now) if table else None
     return Listing(
-        rows=_stream(app, lease_filter, now, table=table),
+        rows=_stream(app, selection, now, table=table),
         columns=TABLE_COLUMNS if table else PUBLIC_COLUMNS,
         headers=TABLE_HEADERS if table else None,
         widths=widths,
     )
 
 
-def _stream(app, lease_filter: LeaseFilter, now: int, *, table: bool) -> Iterator[dict]:
+def _stream(app: App, selection: Selection, now: int, *, table: bool) -> Iterator[dict[str, Any]]:
     query = (
         select(*_SELECTED)
-        .where(lease_filter.where(now))
+        .where(*_where(selection, now))
         .order_by(Lease.issued_at.desc(), Lease.id.desc())
         .execution_options(yield_per=YIELD_PER)
     )
@@ -158,12 +135,15 @@ def _stream(app, lease_filter: LeaseFilter, now: int, *, table: bool) -> Iterato
             yield public_row(dict(zip(_SELECTED_NAMES, values, strict=True)), now, table=table)
 
 
-def _table_widths(app, lease_filter: LeaseFilter, now: int) -> dict:
+def _where(selection: Selection, now: int) -> list[ColumnElement[bool]]:
+    return selection.conditions(LEDGER_COLUMNS, now)
+
+
+def _table_widths(app: App, selection: Selection, now: int) -> dict[str, int]:
     text_columns = [c for c in PUBLIC_COLUMNS if c not in TIME_COLUMNS and c != "state"]
-    query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(lease_filter.where(now))
+    query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(*_where(selection, now))
     with app.transaction(read_only=True) as session:
         maxima = session.execute(query).one()
     widths = {c: max(1, m or 0) for c, m in zip(text_columns, maxima, strict=True)}
-    widths.update(dict.fromkeys(TIME_COLUMNS, _TABLE_TIME_WIDTH))
-    widths.update(state=len("expired"), left=_LEFT_WIDTH)
+    widths.update(FIXED_WIDTHS)
     return widths

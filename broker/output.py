@@ -7,8 +7,11 @@ import csv
 import json
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
-FORMATS = ("table", "json", "csv")
+if TYPE_CHECKING:
+    from broker.renew import RenewReport
+    from broker.revoke import RevokeReport
 
 
 def mask_key(access_key_id: str) -> str:
@@ -90,3 +93,122 @@ def _fixed_table(rows, columns, headers, widths, out) -> int:
         out.write("  ".join(v.ljust(w) for v, w in zip(cells, sizes, strict=True)).rstrip() + "\n")
         count += 1
     return count
+
+
+# -- reports of bulk operations -------------------------------------------------------------------------
+
+REVOKE_COLUMNS = [
+    "lease_id",
+    "credential_type",
+    "access_key_id",
+    "role_session_name",
+    "mount",
+    "role",
+    "namespace",
+    "expires_at",
+    "result",
+    "error",
+]
+REVOKE_HEADERS = {
+    "lease_id": "LEASE ID",
+    "credential_type": "TYPE",
+    "access_key_id": "ACCESS KEY ID",
+    "role_session_name": "SESSION NAME",
+    "mount": "MOUNT",
+    "role": "ROLE",
+    "namespace": "NAMESPACE",
+    "expires_at": "EXPIRES (UTC)",
+    "result": "RESULT",
+    "error": "ERROR",
+}
+RENEW_COLUMNS = ["lease_id", "credential_type", "access_key_id", "result", "expires_at", "detail"]
+RENEW_HEADERS = {
+    "lease_id": "LEASE ID",
+    "credential_type": "TYPE",
+    "access_key_id": "ACCESS KEY ID",
+    "result": "RESULT",
+    "expires_at": "EXPIRES (UTC)",
+    "detail": "DETAIL",
+}
+# What each placeholder in a deny policy stands for.
+PRINCIPAL_HINT = {"role": "IAM role that Vault role assumes", "user": "IAM user of aws/config/root"}
+
+
+def render_report(report: RevokeReport | RenewReport, fmt: str, out: TextIO | None = None) -> None:
+    """Write the report of a bulk operation in `fmt` (table or json)."""
+    from broker.renew import RenewReport
+
+    out = out or sys.stdout
+    if isinstance(report, RenewReport):
+        _renew_report(report, out)
+    elif fmt == "json":
+        from broker.revoke import report_dict
+
+        out.write(json.dumps(report_dict(report), indent=2) + "\n")
+    else:
+        _revoke_report(report, out)
+
+
+def _revoke_report(report: RevokeReport, out: TextIO) -> None:
+    """A table of every lease and what happened, the prefix calls, the STS warning and
+    ready-to-paste deny policies."""
+    from broker import policies
+
+    out.write(_revoke_summary(report) + "\n")
+    rows = [{**r.target.public(), "result": r.outcome, "error": r.error} for r in report.results]
+    if rows:
+        out.write("\n")
+        render(rows, "table", REVOKE_COLUMNS, headers=REVOKE_HEADERS, out=out)
+    for call in report.prefix_calls:
+        where = f" in namespace {call.namespace}" if call.namespace else ""
+        state = {None: "would call", True: "revoked", False: "FAILED"}[call.ok]
+        out.write(
+            f"{state}: sys/leases/revoke-prefix/{call.prefix}{where} at {call.vault_addr}"
+            f"{' (' + call.error + ')' if call.error else ''}\n"
+        )
+    if report.prefix_calls:
+        out.write(
+            "note: revoke-prefix revokes every lease under these prefixes, issued to anyone, "
+            "not only the ones in this ledger\n"
+        )
+    sts = report.sts_targets()
+    warning = policies.sts_warning(sts, dry_run=report.dry_run)
+    if warning:
+        out.write("\nWARNING: " + warning + "\n")
+        for policy in policies.deny_policies(sts, report.at):
+            out.write(
+                f"\n# {policy.vault_role} ({policy.credential_type}, {policy.lease_count} lease"
+                f"{'s' if policy.lease_count != 1 else ''}): {policy.note}\n"
+            )
+            if policy.principal in (policies.ROLE_PLACEHOLDER, policies.VAULT_USER_PLACEHOLDER):
+                out.write(f"# replace {policy.principal} with the {PRINCIPAL_HINT[policy.attach_to]}\n")
+            out.write(policy.command() + "\n")
+    if report.failed:
+        out.write(
+            f"\n{len(report.failed)} revocation{'s' if len(report.failed) != 1 else ''} failed; "
+            f"run the same command again to retry only those\n"
+        )
+
+
+def _revoke_summary(report: RevokeReport) -> str:
+    parts = [f"{n} {name.replace('_', ' ')}" for name, n in report.counts().items() if n]
+    head = "revoke --dry-run" if report.dry_run else "revoke"
+    return f"{head} ({report.describe()}): " + (", ".join(parts) if parts else "nothing to revoke")
+
+
+def _renew_report(report: RenewReport, out: TextIO) -> None:
+    from broker import cache
+
+    rows: list[dict[str, Any]] = [
+        {
+            "lease_id": r.target.lease_id,
+            "credential_type": r.target.credential_type,
+            "access_key_id": r.target.access_key_id,
+            "result": r.outcome,
+            "expires_at": cache.iso_utc(r.expires_at or r.target.expires_at or 0),
+            "detail": r.error,
+        }
+        for r in report.results
+    ]
+    render(rows, "table", RENEW_COLUMNS, headers=RENEW_HEADERS, out=out)
+    out.write(report.summary() + "\n")

@@ -69,9 +69,9 @@ def prune_expired(app, *, dry_run: bool = False, now: int | None = None) -> Prun
     started = time.monotonic()
     _ = app.engine  # create, check and migrate the database before anything else
     if app.ledger_url and not dry_run:  # drain the outbox (rows kept for it can go) and pull revocations
-        from broker import fleet
+        from broker.fleet import ledger
 
-        fleet.sync_before_prune(app)
+        ledger.sync_before_prune(app)
     with locks.try_hold(locks.lock_path(app.db_path, "prune")) as held:
         if not held:
             result.busy = True

@@ -2,7 +2,7 @@
 privilege, password masking and the shared schema. Leases here are recorded straight into each
 host's local ledger (as credential-process records them); test_fleet_e2e.py goes through Vault."""
 
-# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/pg.py, imported by name
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/support/pg.py, imported by name
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from broker import fleet, fleet_listing
-from tests.pg import (  # noqa: F401 - pytest fixtures
+from broker.fleet import ledger as fleet
+from broker.fleet import listing as fleet_listing
+from broker.selection import Selection
+from tests.support.pg import (  # noqa: F401 - pytest fixtures
     OWNER,
     Host,
     HungServer,
@@ -46,7 +48,7 @@ def responder_app(tmp_path, pg, fleet_db, who="resp_1"):
 
 
 def listed(app, **filters):
-    return list(fleet_listing.list_leases(app, fleet_listing.FleetSelector(**filters)))
+    return list(fleet_listing.list_leases(app, Selection(**filters)))
 
 
 def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
@@ -302,10 +304,10 @@ def test_no_ledger_url_changes_nothing(tmp_path):
     one_line_error(result, 2, "--ledger-url")
     host.add_leases(1, enqueue=False)
     app = host.app()
-    from broker import leases
+    from broker import issuance
 
     with app.transaction() as session:
-        leases.enqueue_for_fleet(app, session, 1)
+        issuance.enqueue_for_fleet(app, session, 1)
     assert host.pending() == 0
     assert fleet.spawn_background_sync(app) is False
 
@@ -346,7 +348,7 @@ def test_schema_matches_the_models_and_the_migrations(pg, fleet_db):
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine
 
-    from broker.fleet_models import VERSION_TABLE, FleetBase
+    from broker.fleet.models import VERSION_TABLE, FleetBase
 
     config = Config()
     config.set_main_option("script_location", fleet.fleet_migrations_dir())
@@ -364,7 +366,7 @@ def test_schema_matches_the_models_and_the_migrations(pg, fleet_db):
 
 def test_fleet_modules_stay_off_the_miss_and_hit_paths():
     code = (
-        "import sys, broker.cli, broker.leases, broker.fastpath;"
+        "import sys, broker.cli, broker.issuance, broker.fastpath;"
         "heavy = ('psycopg', 'broker.fleet', 'sqlalchemy.dialects.postgresql');"
         "bad = [m for m in sys.modules if m.startswith(heavy)];"
         "print(bad)"
@@ -388,19 +390,11 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
         )
     responder = responder_app(tmp_path, pg, fleet_db)
     expected = [fleet_listing.iso_row(row) for row in listed(responder)]
-    encoded = [
-        text
-        for batch in fleet_listing.json_rows(responder, fleet_listing.FleetSelector(), batch_size=2)
-        for text in batch
-    ]
+    encoded = [text for batch in fleet_listing.json_rows(responder, Selection(), batch_size=2) for text in batch]
     assert [json.loads(text) for text in encoded] == expected
     assert {r["state"] for r in expected} == {"active", "expired", "revoked"}
     assert [r for r in expected if r["lease_id"] == odd][0]["host"] == 'la"p\\top\u00e9\n'
-    only = [
-        json.loads(t)
-        for b in fleet_listing.json_rows(responder, fleet_listing.FleetSelector(state="expired"))
-        for t in b
-    ]
+    only = [json.loads(t) for b in fleet_listing.json_rows(responder, Selection(state="expired")) for t in b]
     assert len(only) == 1 and only[0]["state"] == "expired"
 
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from broker import audit
+from broker import listing
 from broker.cli import run as broker_run
-from tests.brokerproc import run_broker
-from tests.ledger_seed import insert_rows, lease_row, seed_leases
+from tests.support.brokerproc import run_broker
+from tests.support.ledger_seed import insert_rows, lease_row, seed_leases
 
 
 def cli(capsys, *args):
@@ -27,7 +27,7 @@ def cli(capsys, *args):
 
 
 def test_the_whitelist_is_the_issue_s_columns_and_nothing_secret():
-    assert audit.PUBLIC_COLUMNS == [
+    assert listing.PUBLIC_COLUMNS == [
         "lease_id",
         "profile",
         "mount",
@@ -41,10 +41,10 @@ def test_the_whitelist_is_the_issue_s_columns_and_nothing_secret():
         "state",
         "revoked_at",
     ]
-    assert not {"secret", "cache_key", "revoke_error"} & set(audit.TABLE_COLUMNS)
+    assert not {"secret", "cache_key", "revoke_error"} & set(listing.TABLE_COLUMNS)
 
 
-@pytest.mark.parametrize("fmt,expected", [("json", "[]\n"), ("csv", ",".join(audit.PUBLIC_COLUMNS) + "\n")])
+@pytest.mark.parametrize("fmt,expected", [("json", "[]\n"), ("csv", ",".join(listing.PUBLIC_COLUMNS) + "\n")])
 def test_empty_ledger(capsys, fmt, expected):
     assert cli(capsys, "leases", "--format", fmt) == (0, expected, "")
 
@@ -98,7 +98,7 @@ def test_default_lists_every_state_newest_first(capsys):
         "aws/creds/ci/c",
     ]
     assert [r["state"] for r in rows] == ["revoked", "active", "active", "expired"]
-    assert list(rows[0]) == audit.PUBLIC_COLUMNS
+    assert list(rows[0]) == listing.PUBLIC_COLUMNS
     assert rows[0]["revoked_at"].endswith("Z") and rows[1]["revoked_at"] is None
     assert rows[1]["role_session_name"] == "broker-me-1"
     time.strptime(rows[1]["issued_at"], "%Y-%m-%dT%H:%M:%SZ")

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from broker import revoke
-from broker.revoke import Target
-from tests.helpers import wait_for
-from tests.ledger_seed import seed_leases
+from broker import policies as deny
+from broker.bulk import Target
+from tests.support.helpers import wait_for
+from tests.support.ledger_seed import seed_leases
 
 NOW = 1_780_000_000  # 2026-05-28T20:26:40Z
 
@@ -47,13 +47,13 @@ def test_deny_policies_for_assumed_role_sessions_and_role_wide():
         _target(role_session_name="s-1"),
         _target(role_session_name="s-2", lease_id="aws/sts/deploy/y"),
     ]
-    policies = revoke.deny_policies(targets, NOW)
+    policies = deny.deny_policies(targets, NOW)
     assert [p.scope for p in policies] == ["sessions", "issued-before"]
     sessions, before = policies
     statement = sessions.policy["Statement"][0]
     assert statement["Effect"] == "Deny" and statement["Action"] == "*" and statement["Resource"] == "*"
     assert statement["Condition"] == {"StringLike": {"aws:userid": ["*:s-1", "*:s-2"]}}
-    assert sessions.attach_to == "role" and sessions.principal == revoke.ROLE_PLACEHOLDER
+    assert sessions.attach_to == "role" and sessions.principal == deny.ROLE_PLACEHOLDER
     assert sessions.lease_count == 2
     assert before.policy["Statement"][0]["Condition"] == {
         "DateLessThan": {"aws:TokenIssueTime": "2026-05-28T20:26:40Z"}
@@ -65,7 +65,7 @@ def test_deny_policies_for_assumed_role_sessions_and_role_wide():
 
 def test_deny_policies_use_role_id_and_role_name_when_known():
     arn = "arn:aws:iam::123456789012:role/path/DeployRole"
-    policies = revoke.deny_policies([_target(role_arn=arn)], NOW, role_id="AROAEXAMPLE")
+    policies = deny.deny_policies([_target(role_arn=arn)], NOW, role_id="AROAEXAMPLE")
     assert policies[0].principal == "DeployRole"
     assert policies[0].policy["Statement"][0]["Condition"] == {
         "StringEquals": {"aws:userid": ["AROAEXAMPLE:broker-a-1"]}
@@ -73,7 +73,7 @@ def test_deny_policies_use_role_id_and_role_name_when_known():
 
 
 def test_deny_policies_without_session_names_fall_back_to_role_wide():
-    policies = revoke.deny_policies([_target(), _target(role_session_name=None, lease_id="aws/sts/deploy/z")], NOW)
+    policies = deny.deny_policies([_target(), _target(role_session_name=None, lease_id="aws/sts/deploy/z")], NOW)
     assert [p.scope for p in policies] == ["issued-before"]
 
 
@@ -83,10 +83,10 @@ def test_deny_policies_for_federation_and_session_tokens_go_on_the_vault_user_on
         _target(credential_type="session_token", role="sess", role_session_name=None),
         _target(credential_type="iam_user", role="ci", role_session_name=None),
     ]
-    policies = revoke.deny_policies(targets, NOW)
+    policies = deny.deny_policies(targets, NOW)
     assert len(policies) == 1
     (policy,) = policies
-    assert policy.attach_to == "user" and policy.principal == revoke.VAULT_USER_PLACEHOLDER
+    assert policy.attach_to == "user" and policy.principal == deny.VAULT_USER_PLACEHOLDER
     assert policy.credential_type == "federation_token, session_token" and policy.lease_count == 2
     assert "put-user-policy --user-name VAULT_IAM_USER" in policy.command()
 
@@ -94,7 +94,7 @@ def test_deny_policies_for_federation_and_session_tokens_go_on_the_vault_user_on
 def test_deny_policies_split_many_sessions_under_the_iam_size_limit():
     names = [f"broker-someone-20260528T202640-{i:08x}" for i in range(600)]
     targets = [_target(role_session_name=n, lease_id=f"aws/sts/deploy/{i}") for i, n in enumerate(names)]
-    sessions = [p for p in revoke.deny_policies(targets, NOW) if p.scope == "sessions"]
+    sessions = [p for p in deny.deny_policies(targets, NOW) if p.scope == "sessions"]
     assert len(sessions) > 1
     assert len({p.policy_name for p in sessions}) == len(sessions)
     covered = [n for p in sessions for n in p.policy["Statement"][0]["Condition"]["StringLike"]["aws:userid"]]
@@ -104,8 +104,8 @@ def test_deny_policies_split_many_sessions_under_the_iam_size_limit():
 
 
 def test_no_deny_policy_for_iam_users_or_nothing():
-    assert revoke.deny_policies([], NOW) == []
-    assert revoke.deny_policies([_target(credential_type="iam_user", role_session_name=None)], NOW) == []
+    assert deny.deny_policies([], NOW) == []
+    assert deny.deny_policies([_target(credential_type="iam_user", role_session_name=None)], NOW) == []
 
 
 # -- helpers -------------------------------------------------------------------------------------------

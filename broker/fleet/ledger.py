@@ -10,10 +10,10 @@ lease rows out and brings fleet revocations back in:
 - pull: the host's active leases that a responder revoked in the shared ledger are marked revoked
   locally and their cached secrets wiped, so the next credential-process issues anew.
 - list / claim / mark: what `broker leases --fleet` and `broker revoke --fleet` read and write,
-  in broker/fleet_listing.py and broker/fleet_revoke.py on top of this module's connection.
+  in broker/fleet/listing.py and broker/fleet/revoke.py on top of this module's connection.
 
-PostgreSQL is reached through SQLAlchemy + psycopg 3, imported only here and in fleet_models (the
-cache-hit path never loads them). Every failure becomes a one-line FleetError that shows the URL
+PostgreSQL is reached through SQLAlchemy + psycopg 3, imported only by this package (the
+cache-hit path never loads it). Every failure becomes a one-line FleetError that shows the URL
 with its password masked and never the driver's raw text.
 """
 
@@ -28,10 +28,11 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select, update
 
-from broker import cache, locks
+from broker import cache, db, listing, locks
 from broker.errors import (
     BrokerError,
     FleetDenied,
@@ -40,12 +41,17 @@ from broker.errors import (
     FleetUnreachable,
     UsageError,
 )
+from broker.fleet.models import HOST_ROLE, RESPONDER_ROLE, VERSION_TABLE, FleetLease
 from broker.models import Lease, OutboxEntry, Setting
+
+if TYPE_CHECKING:
+    from broker.app import App
+    from broker.settings import Env
 
 log = logging.getLogger(__name__)
 
 # The shared schema this code reads and writes, and every revision it knows (oldest first).
-# tests/test_fleet_schema.py checks both against migrations/fleet/versions.
+# tests/test_fleet_ledger.py checks both against migrations/fleet/versions.
 SCHEMA_HEAD = "f001"
 KNOWN_REVISIONS = ("f001",)
 
@@ -63,36 +69,14 @@ LAST_PULL_KEY = "fleet.last_pull"
 RETRY_AFTER_KEY = "fleet.retry_after"
 BACKOFF_SECONDS = 30
 
-# The public fields of a fleet row, in output order (json/csv carry every one of them).
-COLUMNS = [
-    "lease_id",
-    "host",
-    "user",
-    "profile",
-    "mount",
-    "role",
-    "namespace",
-    "credential_type",
-    "access_key_id",
-    "role_session_name",
-    "vault_addr",
-    "issued_at",
-    "expires_at",
-    "state",
-    "revoked_at",
-    "revoked_by",
-]
+# The public fields of a fleet row, in output order (json/csv carry every one of them): the local
+# listing's, plus who pushed the row, from which Vault, and who revoked it.
+_PUBLIC = listing.PUBLIC_COLUMNS
+COLUMNS = [_PUBLIC[0], "host", "user", *_PUBLIC[1:8], "vault_addr", *_PUBLIC[8:], "revoked_by"]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
-STATES = ("active", "expired", "revoked", "all")
 
 
 # -- the URL: parsed, masked, never shown with its password ---------------------------------------
-
-
-def require_url(app) -> str:
-    if not app.ledger_url:
-        raise UsageError("no fleet ledger configured: give --ledger-url URL or set BROKER_LEDGER_URL")
-    return app.ledger_url
 
 
 def _authority(raw: str) -> str:
@@ -147,10 +131,11 @@ def parse_url(raw: str):
 class FleetLedger:
     """The fleet ledger for one command: an engine (no pool, short timeouts) and the schema check."""
 
-    def __init__(self, raw_url: str):
+    def __init__(self, raw_url: str, env: Env):
+        self.raw_url = raw_url
         self.url = parse_url(raw_url)
         self.masked = mask_url(raw_url)
-        self._secrets = [s for s in (self.url.password, os.environ.get("PGPASSWORD")) if s]
+        self._secrets = [s for s in (self.url.password, env.pgpassword) if s]
         self._engine = None
         self._checked = False
 
@@ -245,21 +230,16 @@ class FleetLedger:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+            self._engine = None
 
 
 def read_revision(conn) -> str | None:
     from sqlalchemy import text
 
-    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": fleet_version_table()}).scalar()
+    exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": VERSION_TABLE}).scalar()
     if exists is None:
         return None
-    return conn.execute(text(f"SELECT version_num FROM {fleet_version_table()}")).scalar()  # noqa: S608
-
-
-def fleet_version_table() -> str:
-    from broker.fleet_models import VERSION_TABLE
-
-    return VERSION_TABLE
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608
 
 
 def check_revision(revision: str | None, masked: str) -> None:
@@ -299,34 +279,26 @@ def fleet_migrations_dir() -> str:
     return path
 
 
-def init_schema(raw_url: str) -> InitResult:
+def init_schema(app: App) -> InitResult:
     """Create or upgrade the shared schema with Alembic, in process; refuse a newer one."""
-    ledger = FleetLedger(raw_url)
-    try:
-        with ledger.begin("the schema upgrade", check_schema=False) as conn:
-            before = read_revision(conn)
-            if before is not None and before not in KNOWN_REVISIONS:
-                check_revision(before, ledger.masked)  # raises: newer than this code
-            if before == SCHEMA_HEAD:
-                return InitResult(ledger.masked, before, SCHEMA_HEAD)
-            _require_roles(conn, ledger.masked)
-            from alembic import command
-            from alembic.config import Config
+    ledger = app.fleet
+    with ledger.begin("the schema upgrade", check_schema=False) as conn:
+        before = read_revision(conn)
+        if before is not None and before not in KNOWN_REVISIONS:
+            check_revision(before, ledger.masked)  # raises: newer than this code
+        if before == SCHEMA_HEAD:
+            return InitResult(ledger.masked, before, SCHEMA_HEAD)
+        _require_roles(conn, ledger.masked)
+        from alembic import command
 
-            config = Config()
-            config.set_main_option("script_location", fleet_migrations_dir().replace("%", "%%"))
-            config.attributes["connection"] = conn
-            log.info("upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD)
-            command.upgrade(config, "head")
-        return InitResult(ledger.masked, before, SCHEMA_HEAD)
-    finally:
-        ledger.dispose()
+        config = db.alembic_config(fleet_migrations_dir(), conn)
+        log.info("upgrading the fleet ledger %s from %s to %s", ledger.masked, before or "empty", SCHEMA_HEAD)
+        command.upgrade(config, "head")
+    return InitResult(ledger.masked, before, SCHEMA_HEAD)
 
 
 def _require_roles(conn, masked: str) -> None:
     from sqlalchemy import text
-
-    from broker.fleet_models import HOST_ROLE, RESPONDER_ROLE
 
     found = set(
         conn.execute(
@@ -364,13 +336,13 @@ class LedgerStatus:
         }
 
 
-def status(app) -> LedgerStatus:
+def status(app: App) -> LedgerStatus:
     """What is known locally (pending rows, last push) and, when PostgreSQL answers, its revision."""
-    ledger = FleetLedger(require_url(app))
+    ledger = app.fleet
     pending, last_push = local_status(app)
+    error: FleetError | None = None
     try:
         revision = ledger.revision()
-        error = None
         if revision != SCHEMA_HEAD:
             try:
                 check_revision(revision, ledger.masked)
@@ -378,8 +350,6 @@ def status(app) -> LedgerStatus:
                 error = exc
     except FleetError as exc:
         revision, error = None, exc
-    finally:
-        ledger.dispose()
     return LedgerStatus(ledger.masked, revision, pending, last_push, error)
 
 
@@ -458,8 +428,6 @@ def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
 def _upsert(conn, rows: list[dict]) -> None:
     from sqlalchemy.dialects.postgresql import insert
 
-    from broker.fleet_models import FleetLease
-
     stmt = insert(FleetLease.__table__)
     stmt = stmt.on_conflict_do_update(
         index_elements=["lease_id", "access_key_id"],
@@ -468,7 +436,7 @@ def _upsert(conn, rows: list[dict]) -> None:
     conn.execute(stmt, rows)
 
 
-def push(app, ledger: FleetLedger) -> int:
+def push(app: App) -> int:
     """Upsert every outbox row into the fleet ledger, a batch per transaction; returns rows pushed.
     Each entry is read once per call, so rows changing all the time cannot keep it looping."""
     pushed_total = 0
@@ -481,7 +449,7 @@ def push(app, ledger: FleetLedger) -> int:
         orphans = [entry.lease_row for entry, lease in batch if lease is None]
         leases = [lease for _entry, lease in batch if lease is not None]
         if leases:
-            with ledger.begin("pushing lease rows") as conn:
+            with app.fleet.begin("pushing lease rows") as conn:
                 _upsert(conn, [_shared_row(lease) for lease in leases])
         pushed = {lease.id: tuple(getattr(lease, c) for c in _MUTABLE) for lease in leases}
         pushed_total += _forget_pushed(app, pushed, orphans) if (pushed or orphans) else 0
@@ -495,12 +463,10 @@ def push(app, ledger: FleetLedger) -> int:
 # -- pull: fleet revocations of this host's leases -----------------------------------------------------
 
 
-def pull(app, ledger: FleetLedger) -> int:
+def pull(app: App) -> int:
     """Mark revoked the local active leases a responder revoked in the fleet ledger, wiping their
     cached secrets; returns how many. Only this host's own rows are asked for (by lease id)."""
     from sqlalchemy import and_, tuple_
-
-    from broker.fleet_models import FleetLease
 
     with app.transaction(read_only=True) as session:
         local = session.execute(
@@ -512,7 +478,7 @@ def pull(app, ledger: FleetLedger) -> int:
     t = FleetLease.__table__
     for start in range(0, len(keys), PULL_BATCH):
         chunk = keys[start : start + PULL_BATCH]
-        with ledger.begin("reading revocations") as conn:
+        with app.fleet.begin("reading revocations") as conn:
             rows = conn.execute(
                 select(t.c.lease_id, t.c.access_key_id, t.c.revoked_at, t.c.revoked_by).where(
                     and_(t.c.state == "revoked", tuple_(t.c.lease_id, t.c.access_key_id).in_(chunk))
@@ -551,7 +517,7 @@ def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
     With wait=False, skip at once (ran=False) if another sync runs; background (after a miss) also
     lowers this process's priority. When PostgreSQL cannot be reached the error propagates and every
     pending row stays queued."""
-    url = require_url(app)
+    app.fleet  # noqa: B018 - a UsageError before anything else when no ledger URL is set
     path = locks.lock_path(app.db_path, SYNC_LOCK)
     if background:
         with contextlib.suppress(OSError):
@@ -560,9 +526,9 @@ def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
         with locks.try_hold(path) as held:
             if not held:
                 return SyncResult(ran=False)
-            return _sync_locked(app, url)
+            return _sync_locked(app)
     with locks.hold(path, SYNC_LOCK_WAIT_SECONDS, "fleet sync lock"):
-        return _sync_locked(app, url)
+        return _sync_locked(app)
 
 
 def sync_before_prune(app) -> SyncResult | None:
@@ -577,18 +543,15 @@ def sync_before_prune(app) -> SyncResult | None:
         return None
 
 
-def _sync_locked(app, url: str) -> SyncResult:
-    ledger = FleetLedger(url)
+def _sync_locked(app: App) -> SyncResult:
     try:
-        ledger.check()
-        pushed = push(app, ledger)
-        pulled = pull(app, ledger)
+        app.fleet.check()
+        pushed = push(app)
+        pulled = pull(app)
     except FleetError:
         with app.transaction() as session:
             session.merge(Setting(key=RETRY_AFTER_KEY, value=str(int(time.time()) + BACKOFF_SECONDS)))
         raise
-    finally:
-        ledger.dispose()
     with app.transaction() as session:
         session.execute(delete(Setting).where(Setting.key == RETRY_AFTER_KEY))
     pending, _ = local_status(app)

@@ -2,8 +2,8 @@
 
 One row per lease of every host: what `broker leases --fleet` lists and `broker revoke --fleet`
 marks. Never a secret key or session token. The schema changes only through an Alembic migration
-in migrations/fleet/versions plus fleet.SCHEMA_HEAD; tests/test_fleet_schema.py proves these
-models and the migrations agree.
+in migrations/fleet/versions plus broker.fleet.ledger.SCHEMA_HEAD; tests/test_fleet_ledger.py proves
+these models and the migrations agree.
 
 Who may do what is enforced by PostgreSQL itself (grants, row-level security and a trigger made by
 the migration): a host's login role writes and reads only the rows it pushed (`db_user`); a
@@ -70,9 +70,3 @@ class FleetLease(FleetBase):
         Index("ix_fleet_leases_os_user", "os_user"),
         Index("ix_fleet_leases_issued_at_lease_id", "issued_at", "lease_id"),  # newest first
     )
-
-
-# Columns a host's push may change on a row it pushed before (a renewal, a local revocation).
-HOST_UPDATABLE = ("expires_at", "state", "revoked_at", "revoked_by", "updated_at")
-# Columns a responder may change: the revocation only.
-RESPONDER_UPDATABLE = ("state", "revoked_at", "revoked_by", "revoke_error", "updated_at")
