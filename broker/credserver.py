@@ -2,7 +2,7 @@
 
 An SDK pointed at it with AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN
 asks again whenever its copy nears expiry (botocore: under 15 minutes left), so a child can run far
-longer than one credential lives. Every answer goes through `leases.obtain`: the same cache, the
+longer than one credential lives. Every answer goes through `issuance.obtain`: the same cache, the
 same single flight and the same ledger as `credential-process`.
 
 Only 127.0.0.1, a random token per server (never logged), compared in constant time; 403 for a
@@ -102,11 +102,11 @@ class CredentialServer:
     def answer(self) -> tuple[int, dict]:
         """(status, body) for an authorized request: the container-credentials object, or a
         one-line error (no secret in it) that the SDK reports."""
-        from broker import leases
+        from broker import issuance
 
         with self._lock:
             try:
-                credential = leases.obtain(self.app, self.request)
+                credential = issuance.obtain(self.app, self.request)
             except BrokerError as exc:
                 log.warning("could not serve credentials for %s: %s", self.request.describe(), exc)
                 return 500, {"Message": " ".join(str(exc).split())}

@@ -28,8 +28,6 @@ from broker.models import Intent, Lease, OutboxEntry
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_SECONDS = 15.0
-
 
 @dataclass(frozen=True)
 class IssueRequest:
@@ -76,15 +74,14 @@ def build_request(app, profile_name: str | None, flags: dict) -> IssueRequest:
     """The effective request from a profile and/or command-line flags, every part validated."""
     profile = None
     if profile_name:
-        with app.transaction(read_only=True) as session:
-            profile = profiles.get(session, profile_name)
+        profile = profiles.get(app, profile_name)
     merged = cache.merge_request(profile.request_fields() if profile else None, flags)
     if not merged["mount"] or not merged["role"]:
         raise UsageError("say which credential: --profile NAME, or --mount MOUNT and --role ROLE")
     return IssueRequest(
         profile=profile_name,
-        vault_addr=settings.vault_addr(),
-        namespace=settings.vault_namespace(
+        vault_addr=app.env.vault_addr,
+        namespace=app.env.vault_namespace(
             profiles.check_path(merged["namespace"], "namespace") if merged["namespace"] else None
         ),
         mount=profiles.check_path(merged["mount"], "mount"),
@@ -109,7 +106,7 @@ def obtain(app, request: IssueRequest, *, use_cache: bool = True) -> Credential:
     if hit:
         return hit
     path = locks.lock_path(app.db_path, request.cache_key)
-    with locks.hold(path, LOCK_WAIT_SECONDS, f"issuance lock for {request.describe()}"):
+    with locks.hold(path, locks.ISSUANCE_WAIT_SECONDS, f"issuance lock for {request.describe()}"):
         hit = cached(app, request)
         if hit:
             log.info("served from cache after waiting for another issuance")
@@ -255,7 +252,7 @@ def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Cred
     import sys
     from dataclasses import asdict
 
-    env = dict(os.environ)
+    env = dict(os.environ)  # the worker is this command again: the same environment
     if app.ledger_url:
         env["BROKER_LEDGER_URL"] = app.ledger_url  # by environment, never on a command line
     job = json.dumps({"request": asdict(request), "store_secret": store_secret})
@@ -359,7 +356,7 @@ def _write_intent(app, request: IssueRequest, session_name: str | None) -> int:
             role_session_name=session_name,
             started_at=int(time.time()),
             pid=os.getpid(),
-            host=settings.host_name(),
+            host=app.env.host_name(),
         )
         session.add(intent)
         session.flush()
@@ -394,7 +391,7 @@ def _record(app, request: IssueRequest, issued, intent_id: int, key: bytes | Non
             expires_at=issued.expires_at,
             state="active",
             secret=crypto.seal(key, issued.secret_key, issued.session_token, issued.access_key_id) if key else None,
-            host=settings.host_name(),
+            host=app.env.host_name(),
             os_user=settings.os_user(),
         )
         session.add(row)

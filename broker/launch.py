@@ -39,11 +39,11 @@ class CommandNotExecutable(BrokerError):
 
 def prepare(app, profile: str, *, force: bool):
     """Check nesting, then the request and a first credential (so errors come before any child runs)."""
-    from broker import leases
+    from broker import issuance
 
     execenv.check_not_nested(os.environ, force)
-    request = leases.build_request(app, profile, {})
-    credential = leases.obtain(app, request)
+    request = issuance.build_request(app, profile, {})
+    credential = issuance.obtain(app, request)
     return request, credential
 
 
@@ -86,11 +86,11 @@ def exec_with_server(app, profile: str, command: list[str], *, force: bool) -> i
 
 def serve(app, profile: str, port: int, out) -> int:
     """`broker serve`: the endpoint in the foreground until SIGINT or SIGTERM."""
-    from broker import leases
+    from broker import issuance
     from broker.credserver import CredentialServer
 
-    request = leases.build_request(app, profile, {})
-    leases.obtain(app, request)  # fail now, not at the SDK's first request
+    request = issuance.build_request(app, profile, {})
+    issuance.obtain(app, request)  # fail now, not at the SDK's first request
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -116,10 +116,10 @@ def serve(app, profile: str, port: int, out) -> int:
 
 
 def export(app, profile: str, fmt: str) -> str:
-    from broker import leases
+    from broker import issuance
 
-    request = leases.build_request(app, profile, {})
-    credential = leases.obtain(app, request)
+    request = issuance.build_request(app, profile, {})
+    credential = issuance.obtain(app, request)
     return execenv.render_export(credential, fmt, profile=profile, region=request.region)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -11,6 +12,9 @@ from sqlalchemy.orm import Session
 from broker import cache, db
 from broker.errors import ProfileNotFound, UsageError
 from broker.models import Lease, Profile
+
+if TYPE_CHECKING:
+    from broker.app import App
 
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -114,7 +118,12 @@ def _spec(row: Profile) -> ProfileSpec:
     )
 
 
-def get(session: Session, name: str) -> ProfileSpec:
+def get(app: App, name: str) -> ProfileSpec:
+    with app.transaction(read_only=True) as session:
+        return _get(session, name)
+
+
+def _get(session: Session, name: str) -> ProfileSpec:
     check_profile_name(name)
     row = session.get(Profile, name)
     if row is None:
@@ -124,35 +133,38 @@ def get(session: Session, name: str) -> ProfileSpec:
     return _spec(row)
 
 
-def add(session: Session, spec: ProfileSpec) -> bool:
+def add(app: App, spec: ProfileSpec) -> bool:
     """Create or replace a profile; returns True when it was new. Replacing a profile wipes the
     cached secrets issued for its old definition, so they cannot be served under the new one."""
     spec = spec.validated()
     now = db.now()
-    row = session.get(Profile, spec.name)
-    created = row is None
-    if row is None:
-        row = Profile(name=spec.name, created_at=now)
-        session.add(row)
-    else:
-        wipe_cached_secrets(session, spec.name)
-    for field, value in spec.request_fields().items():
-        setattr(row, field, value)
-    row.region = spec.region
-    row.updated_at = now
+    with app.transaction() as session:
+        row = session.get(Profile, spec.name)
+        created = row is None
+        if row is None:
+            row = Profile(name=spec.name, created_at=now)
+            session.add(row)
+        else:
+            _wipe_cached_secrets(session, spec.name)
+        for field, value in spec.request_fields().items():
+            setattr(row, field, value)
+        row.region = spec.region
+        row.updated_at = now
     return created
 
 
-def remove(session: Session, name: str) -> None:
+def remove(app: App, name: str) -> None:
     """Delete a profile; its leases stay in the ledger (audit), their cached secrets go."""
-    get(session, name)
-    wipe_cached_secrets(session, name)
-    session.execute(delete(Profile).where(Profile.name == name))
+    with app.transaction() as session:
+        _get(session, name)
+        _wipe_cached_secrets(session, name)
+        session.execute(delete(Profile).where(Profile.name == name))
 
 
-def wipe_cached_secrets(session: Session, profile: str) -> None:
+def _wipe_cached_secrets(session: Session, profile: str) -> None:
     session.execute(update(Lease).where(Lease.profile == profile).values(secret=None, cache_key=None))
 
 
-def list_all(session: Session) -> list[ProfileSpec]:
-    return [_spec(row) for row in session.scalars(select(Profile).order_by(Profile.name))]
+def list_all(app: App) -> list[ProfileSpec]:
+    with app.transaction(read_only=True) as session:
+        return [_spec(row) for row in session.scalars(select(Profile).order_by(Profile.name))]

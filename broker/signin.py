@@ -139,15 +139,15 @@ def _get_signin_token(federation_url: str, query: str) -> str:
 
 def login_url(app, profile: str, *, region: str | None, path: str | None, federation_url: str | None) -> str:
     """The console sign-in URL for a profile (issuing or reusing its credential)."""
-    from broker import leases
+    from broker import issuance
 
     path = check_path(path) if path else None
-    request = leases.build_request(app, profile, {})
+    request = issuance.build_request(app, profile, {})
     region = profiles.check_region(region) if region else request.region
     federation_url = check_federation_url(federation_url) if federation_url else default_federation_url(region)
     if request.credential_type and request.credential_type not in SIGNIN_TYPES:
         raise _cannot_sign_in(profile, request.credential_type)
-    credential = leases.obtain(app, request)
+    credential = issuance.obtain(app, request)
     credential_type = request.credential_type or _recorded_type(app, credential)
     if credential_type not in SIGNIN_TYPES:
         raise _cannot_sign_in(profile, credential_type)

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from broker import console
-from tests.brokerproc import assert_one_line_error, run_broker
+from broker import signin
+from tests.support.brokerproc import assert_one_line_error, run_broker
 
 SIGNIN_TOKEN = "stand-in-signin-token-0123456789"
 
@@ -163,17 +163,17 @@ def test_login_bad_input_is_one_line(args, code, words):
 
 
 def test_destination_and_partitions():
-    assert console.destination(None, None) == "https://console.aws.amazon.com/console/home"
-    assert console.destination("eu-west-1", "ec2/home#Instances:") == (
+    assert signin.destination(None, None) == "https://console.aws.amazon.com/console/home"
+    assert signin.destination("eu-west-1", "ec2/home#Instances:") == (
         "https://eu-west-1.console.aws.amazon.com/ec2/home?region=eu-west-1#Instances:"
     )
     assert (
-        console.destination("cn-north-1", "s3/home?x=1")
+        signin.destination("cn-north-1", "s3/home?x=1")
         == "https://cn-north-1.console.amazonaws.cn/s3/home?x=1&region=cn-north-1"
     )
-    assert console.default_federation_url("us-gov-west-1") == "https://signin.amazonaws-us-gov.com/federation"
-    assert console.default_federation_url(None) == "https://signin.aws.amazon.com/federation"
-    assert console.session_duration("assumed_role", 100_000, 0) == 43200
-    assert console.session_duration("assumed_role", 60, 0) == 900
-    assert console.session_duration("federation_token", 100_000, 0) is None
-    assert os.path.basename(console.check_path("/s3/home")) == "home"
+    assert signin.default_federation_url("us-gov-west-1") == "https://signin.amazonaws-us-gov.com/federation"
+    assert signin.default_federation_url(None) == "https://signin.aws.amazon.com/federation"
+    assert signin.session_duration("assumed_role", 100_000, 0) == 43200
+    assert signin.session_duration("assumed_role", 60, 0) == 900
+    assert signin.session_duration("federation_token", 100_000, 0) is None
+    assert os.path.basename(signin.check_path("/s3/home")) == "home"

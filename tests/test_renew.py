@@ -1,5 +1,5 @@
 """`broker renew`, and credential-process renewing a cached iam_user lease near its end
-(broker.leases.renew_cached) with its fallback to a new issuance when the max TTL caps it."""
+(broker.issuance.renew_cached) with its fallback to a new issuance when the max TTL caps it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 
-from tests.brokerproc import run_broker
+from tests.support.brokerproc import run_broker
 
 
 def issue(*args):

@@ -49,7 +49,7 @@ def test_new_database_files_are_private(tmp_path):
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
-    modules = ["broker.cli", "broker.entry", "broker.fastpath", "broker.leases", "broker.db", "broker.vault"]
+    modules = ["broker.cli", "broker.entry", "broker.fastpath", "broker.issuance", "broker.db", "broker.vault"]
     for module in modules:
         code = textwrap.dedent(f"import {module}")
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,6 +1,3 @@
-"""Click commands beyond the core, one module per area. Each module decorates commands onto
-`broker.cli.cli`; cli.py imports them at its end. Click declarations only: logic lives in the
-service modules of the package."""
-
-# Modules imported by broker/cli.py, in the order their commands appear in `broker --help`.
-COMMAND_MODULES: list[str] = ["key", "run", "leases", "ledger"]
+"""The Click layer, one module per command group; broker/cli.py adds each command to the group.
+Click declarations only: a command validates its flags, calls one service function and renders
+the result. Options several commands share are in options.py."""

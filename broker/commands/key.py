@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import cli, pass_app
+from broker.app import App
+from broker.commands.options import pass_app
 
 
-@cli.group()
+@click.group()
 def key() -> None:
     """The key that encrypts cached secrets at rest."""
 
 
 @key.command(name="status")
 @pass_app
-def key_status(app) -> None:
+def key_status(app: App) -> None:
     """Show where the key lives and how many cached secrets it seals."""
     from broker import keys
 
@@ -27,7 +28,7 @@ def key_status(app) -> None:
 
 @key.command(name="rotate")
 @pass_app
-def key_rotate(app) -> None:
+def key_rotate(app: App) -> None:
     """Re-encrypt every cached secret under a new key and store it where the old one was."""
     from broker import keys
 

@@ -1,4 +1,4 @@
-"""`broker ledger init|status|sync`: the fleet ledger on PostgreSQL (broker/fleet.py does the work)."""
+"""`broker ledger init|status|sync`: the fleet ledger on PostgreSQL (broker/fleet/ does the work)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ import json
 
 import click
 
-from broker.cli import cli, format_option, pass_app
+from broker.app import App
+from broker.commands.options import format_option, pass_app
 
 
-@cli.group()
+@click.group()
 def ledger() -> None:
     """The fleet ledger: every host's leases in one PostgreSQL database (needs --ledger-url)."""
 
 
 @ledger.command(name="init")
 @pass_app
-def ledger_init(app) -> None:
+def ledger_init(app: App) -> None:
     """Create or upgrade the shared schema (run as the database's owner)."""
-    from broker import fleet
+    from broker.fleet import ledger as fleet_ledger
 
-    result = fleet.init_schema(fleet.require_url(app))
+    result = fleet_ledger.init_schema(app)
     if result.before == result.after:
         click.echo(f"fleet ledger {result.url} is already at schema {result.after}", err=True)
     else:
@@ -33,12 +34,12 @@ def ledger_init(app) -> None:
 @ledger.command(name="status")
 @format_option(choices=("table", "json"))
 @pass_app
-def ledger_status(app, fmt: str) -> None:
+def ledger_status(app: App, fmt: str) -> None:
     """Show the ledger URL (password masked), its schema revision, rows waiting to be pushed and
     the last push. Exits 1 when PostgreSQL cannot be reached, after printing what is known locally."""
-    from broker import fleet
+    from broker.fleet import ledger as fleet_ledger
 
-    result = fleet.status(app)
+    result = fleet_ledger.status(app)
     fields = result.as_dict()
     if fmt == "json":
         click.echo(json.dumps(fields))
@@ -58,12 +59,12 @@ def ledger_status(app, fmt: str) -> None:
     help="Run after a miss: skip if another sync runs, at low priority, silently.",
 )
 @pass_app
-def ledger_sync(app, quiet: bool, background: bool) -> None:
+def ledger_sync(app: App, quiet: bool, background: bool) -> None:
     """Push the rows waiting in the outbox and pull revocations of this host's leases.
     Exits 1 when PostgreSQL cannot be reached; every pending row stays queued."""
-    from broker import fleet
+    from broker.fleet import ledger as fleet_ledger
 
-    result = fleet.sync(app, background=background)
+    result = fleet_ledger.sync(app, background=background)
     if quiet or background or not result.ran:
         return
     click.echo(

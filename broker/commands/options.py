@@ -1,0 +1,99 @@
+"""Options and parameter types that several commands share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from broker import durations
+from broker.app import App
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+pass_app = click.make_pass_decorator(App)
+
+CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token"])
+
+
+class Duration(click.ParamType):
+    """A duration such as 900, 900s, 15m, 1h30m, in whole seconds, within a range."""
+
+    name = "duration"
+
+    def __init__(self, minimum: int = 1, maximum: int = 36 * 3600) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return durations.parse_ttl(str(value), minimum=self.minimum, maximum=self.maximum)
+        except durations.DurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TTL = Duration()  # a credential lifetime (AWS's 36 h cap)
+INCREMENT = Duration(maximum=32 * 86400)  # a renewal: up to Vault's 32-day lease ceiling
+
+
+def format_option(
+    default: str = "table", choices: tuple[str, ...] = ("table", "json", "csv"), help: str = "Output format."
+) -> Callable[[F], F]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def _apply(fn: F, options: list[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def request_options(fn: F) -> F:
+    """Flags that shape a credential request (a profile's defaults, or an ad-hoc request)."""
+    return _apply(
+        fn,
+        [
+            click.option(
+                "--ttl", type=TTL, help="Credential lifetime for STS types, e.g. 15m, 1h (900s minimum in AWS)."
+            ),
+            click.option("--role-arn", help="The AWS role to assume (assumed_role roles with several ARNs)."),
+            click.option("--role-session-name", help="Fixed session name (default: a unique name per issuance)."),
+            click.option(
+                "--credential-type",
+                type=CREDENTIAL_TYPE,
+                help="The Vault role's credential type, when known (default: read from Vault's answer).",
+            ),
+        ],
+    )
+
+
+def fleet_options(what: str) -> Callable[[F], F]:
+    """--fleet, with --host and --user that only the fleet ledger can answer."""
+
+    def decorate(fn: F) -> F:
+        return _apply(
+            fn,
+            [
+                click.option("--fleet", "fleet_wide", is_flag=True, help=f"{what} (needs --ledger-url)."),
+                click.option(
+                    "--host", metavar="HOST", help="With --fleet: only leases of this host (its BROKER_HOST)."
+                ),
+                click.option("--user", metavar="USER", help="With --fleet: only leases of this OS user."),
+            ],
+        )
+
+    return decorate
+
+
+def require_fleet_for_host_and_user(fleet_wide: bool, host: str | None, user: str | None, what: str) -> None:
+    if (host or user) and not fleet_wide:
+        raise click.UsageError(f"--host and --user select fleet {what}: add --fleet")

@@ -1,0 +1,105 @@
+"""`broker profile add|list|remove`: named credential requests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from broker import durations
+from broker.app import App
+from broker.commands.options import format_option, pass_app, request_options
+
+PROFILE_COLUMNS = [
+    "name",
+    "mount",
+    "role",
+    "namespace",
+    "ttl",
+    "role_arn",
+    "role_session_name",
+    "credential_type",
+    "region",
+]
+
+
+@click.group()
+def profile() -> None:
+    """Manage named profiles."""
+
+
+@profile.command(name="add")
+@click.argument("name")
+@click.option("--mount", required=True, metavar="MOUNT", help="Vault AWS secrets mount, e.g. aws or ns1/aws/dev.")
+@click.option("--role", required=True, metavar="ROLE", help="Vault role name.")
+@request_options
+@click.option("--region", help="AWS region for this profile (used by exec and the AWS config).")
+@click.option("--namespace", help="Vault namespace (overrides VAULT_NAMESPACE).")
+@click.option(
+    "--write-aws-config",
+    is_flag=True,
+    help="Also write [profile NAME] with credential_process (and region) to AWS_CONFIG_FILE or ~/.aws/config.",
+)
+@pass_app
+def profile_add(
+    app: App,
+    name: str,
+    mount: str,
+    role: str,
+    ttl: int | None,
+    role_arn: str | None,
+    role_session_name: str | None,
+    credential_type: str | None,
+    region: str | None,
+    namespace: str | None,
+    write_aws_config: bool,
+) -> None:
+    """Add or replace the profile NAME."""
+    from broker import awsconfig, profiles
+
+    spec = profiles.ProfileSpec(
+        name=name,
+        mount=mount,
+        role=role,
+        namespace=namespace,
+        ttl=ttl,
+        role_arn=role_arn,
+        role_session_name=role_session_name,
+        credential_type=credential_type,
+        region=region,
+    )
+    created = profiles.add(app, spec)
+    change = awsconfig.write_profile(app, name, spec.region) if write_aws_config else None
+    click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    if change:
+        click.echo(change.describe(name), err=True)
+
+
+@profile.command(name="list")
+@format_option()
+@pass_app
+def profile_list(app: App, fmt: str) -> None:
+    """List profiles."""
+    from broker import output, profiles
+
+    rows = [asdict(p) for p in profiles.list_all(app)]
+    if fmt == "table":
+        for row in rows:
+            row["ttl"] = durations.format_duration(row["ttl"]) if row["ttl"] else None
+    if not output.render(rows, fmt, PROFILE_COLUMNS) and fmt == "table":
+        click.echo("no profiles; add one with `broker profile add NAME --mount M --role R`", err=True)
+
+
+@profile.command(name="remove")
+@click.argument("name")
+@pass_app
+def profile_remove(app: App, name: str) -> None:
+    """Remove the profile NAME (its leases stay in the ledger), and the [profile NAME] section
+    `profile add --write-aws-config` wrote, if it is still broker's."""
+    from broker import awsconfig, profiles
+
+    profiles.remove(app, name)
+    change = awsconfig.remove_profile(app, name)
+    click.echo(f"removed profile {name}", err=True)
+    if change.action == "removed":
+        click.echo(change.describe(name), err=True)
