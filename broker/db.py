@@ -12,9 +12,10 @@ import logging
 import os
 import sqlite3
 import time
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,11 @@ from broker.errors import (
     PathNotWritable,
     UnsafePermissions,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +93,7 @@ def _translate(exc: BaseException, path: str) -> BrokerError:
 
 
 @contextlib.contextmanager
-def translated(path: str):
+def translated(path: str) -> Iterator[None]:
     """Turn sqlite3 / SQLAlchemy database errors into one-line BrokerErrors."""
     try:
         yield
@@ -104,7 +110,7 @@ def open_engine(path: str) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -113,7 +119,7 @@ def open_engine(path: str) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
+    def _on_begin(conn: Connection) -> None:
         mode = "BEGIN" if conn.get_execution_options().get("broker_read_only") else "BEGIN IMMEDIATE"
         conn.exec_driver_sql(mode)
 
@@ -124,7 +130,7 @@ def open_engine(path: str) -> Engine:
 
 def read_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        raw = conn.connection.driver_connection
+        raw = cast(sqlite3.Connection, conn.connection.driver_connection)  # pysqlite's
         try:
             row = raw.execute(cache.SCHEMA_QUERY).fetchone()
         except sqlite3.OperationalError as exc:
@@ -167,7 +173,7 @@ def backup(engine: Engine, path: str, revision: str) -> str:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)
     with engine.connect() as conn, contextlib.closing(sqlite3.connect(target)) as dest:
-        conn.connection.driver_connection.backup(dest)
+        cast(sqlite3.Connection, conn.connection.driver_connection).backup(dest)
     log.info("backed up %s to %s", path, target)
     return target
 
@@ -186,7 +192,7 @@ def migrations_dir() -> str:
     raise BrokerError("broker's migration scripts are missing from this installation; reinstall broker")
 
 
-def alembic_config():
+def alembic_config() -> Config:
     from alembic.config import Config
 
     config = Config()
@@ -195,7 +201,7 @@ def alembic_config():
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine, path: str, *, read_only: bool = False):
+def transaction(engine: Engine, path: str, *, read_only: bool = False) -> Iterator[Session]:
     """A Session in one short transaction: committed on success, rolled back on error.
     Writers take the write lock up front (BEGIN IMMEDIATE); readers use a deferred BEGIN."""
     with translated(path), engine.connect() as conn:
