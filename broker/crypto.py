@@ -210,7 +210,7 @@ def seal(key: bytes, secret_key: str, session_token: str | None, aad: str) -> by
     return BLOB_VERSION + nonce + _aesgcm(key).encrypt(nonce, plain, aad.encode())
 
 
-def unseal(key: bytes, blob: bytes, aad: str) -> tuple[str, str | None] | None:
+def unseal(key: bytes, blob: bytes | None, aad: str) -> tuple[str, str | None] | None:
     """(secret_key, session_token) or None when the blob does not open with this key."""
     if not blob or blob[:1] != BLOB_VERSION:
         return None

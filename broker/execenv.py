@@ -11,9 +11,13 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker import cache
 from broker.errors import UsageError
+
+if TYPE_CHECKING:
+    from broker.leases import Credential
 
 # What `broker exec` sets to mark its children; its presence in our own environment means nesting.
 PROFILE_VAR = "BROKER_PROFILE"
@@ -73,7 +77,7 @@ def child_env(
     profile: str,
     *,
     region: str | None = None,
-    keys: Keys | None = None,
+    keys: Keys | Credential | None = None,
     endpoint: Endpoint | None = None,
 ) -> dict[str, str]:
     """The child's environment: `environ` without inherited credentials, plus exactly one of `keys`
@@ -83,7 +87,7 @@ def child_env(
     env = {name: value for name, value in environ.items() if name not in REMOVED_VARS}
     if keys is not None:
         env.update(credential_vars(keys))
-    else:
+    elif endpoint is not None:  # always, after the check above
         env[CONTAINER_URI_VAR] = endpoint.url
         env[CONTAINER_TOKEN_VAR] = endpoint.token
     if region:
@@ -93,7 +97,7 @@ def child_env(
     return env
 
 
-def credential_vars(keys: Keys) -> dict[str, str]:
+def credential_vars(keys: Keys | Credential) -> dict[str, str]:
     """AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (when there is one) and
     AWS_CREDENTIAL_EXPIRATION, in the order `export` prints them."""
     env = {"AWS_ACCESS_KEY_ID": keys.access_key_id, "AWS_SECRET_ACCESS_KEY": keys.secret_key}
@@ -108,7 +112,7 @@ def credential_vars(keys: Keys) -> dict[str, str]:
 EXPORT_FORMATS = ("env", "json", "ini")
 
 
-def render_export(keys: Keys, fmt: str, *, profile: str, region: str | None = None) -> str:
+def render_export(keys: Keys | Credential, fmt: str, *, profile: str, region: str | None = None) -> str:
     """The text `broker export` prints (ending in a newline)."""
     if fmt == "json":
         return (
