@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker import locks, settings
@@ -274,7 +275,9 @@ def remove_profile(profile: str, db_path: str | None = None) -> Change:
         ) from None
 
 
-def _edit(profile: str, change, db_path: str | None, *, create: bool = True) -> Change:
+def _edit(
+    profile: str, change: Callable[[str], tuple[str, str | None]], db_path: str | None, *, create: bool = True
+) -> Change:
     path = os.path.realpath(config_path())  # a symlinked config (dotfiles) is edited in place
     lock = locks.lock_path(db_path or settings.db_path(None), f"awsconfig:{path}")
     with locks.hold(lock, LOCK_WAIT_SECONDS, f"lock on {path}"):

@@ -12,13 +12,21 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from broker import cache, crypto, durations, settings
 from broker.errors import BrokerError, VaultDenied, VaultRejected
 
+if TYPE_CHECKING:
+    from broker.app import App
+    from broker.vault import Vault
+
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SHORT_TOKEN_SECONDS = 600
 STALE_INTENT_SECONDS = 120  # an issuance takes seconds; an intent this old lost its worker
+
+# A profile as _check_database reads it: (name, mount, role, namespace, credential_type).
+ProfileRow = tuple[str, str, str, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class Check:
         return f"{self.status:<4} {self.what}"
 
 
-def run_checks(app) -> list[Check]:
+def run_checks(app: App) -> list[Check]:
     checks: list[Check] = []
     vault = _check_vault(checks)
     profile_rows = _check_database(app.db_path, checks)
@@ -42,7 +50,7 @@ def run_checks(app) -> list[Check]:
 # -- Vault ----------------------------------------------------------------------------------------
 
 
-def _check_vault(checks: list[Check]):
+def _check_vault(checks: list[Check]) -> Vault | None:
     from broker.vault import Vault, VaultSettings
 
     source = (
@@ -86,7 +94,7 @@ def _check_vault(checks: list[Check]):
     return vault
 
 
-def _token_check(data: dict) -> Check:
+def _token_check(data: dict[str, Any]) -> Check:
     policies = data.get("policies") or []
     shown = ", ".join(str(p) for p in policies) if isinstance(policies, list) else "?"
     try:
@@ -109,7 +117,7 @@ def _token_check(data: dict) -> Check:
 # -- the ledger and the key ------------------------------------------------------------------------
 
 
-def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
+def _check_database(path: str, checks: list[Check]) -> list[ProfileRow] | None:
     """Path, permissions and schema revision, read-only; returns the profiles when readable."""
     directory = os.path.dirname(path)
     if not os.path.exists(path):
@@ -164,7 +172,7 @@ def _check_database(path: str, checks: list[Check]) -> list[tuple] | None:
         conn.close()
 
 
-def _interrupted_issuances(conn) -> Check:
+def _interrupted_issuances(conn: sqlite3.Connection) -> Check:
     """Intent rows whose worker died before recording: Vault may hold a lease the ledger lacks."""
     rows = conn.execute(
         "SELECT namespace, mount, endpoint, role, role_session_name, started_at, pid, host FROM intents "
@@ -265,7 +273,7 @@ def _check_key_file(path: str, checks: list[Check]) -> None:
 # -- profiles -------------------------------------------------------------------------------------
 
 
-def _check_profiles(vault, rows: list[tuple] | None, checks: list[Check]) -> None:
+def _check_profiles(vault: Vault | None, rows: list[ProfileRow] | None, checks: list[Check]) -> None:
     if rows is None:
         return
     if not rows:
@@ -281,7 +289,7 @@ def _check_profiles(vault, rows: list[tuple] | None, checks: list[Check]) -> Non
         checks.append(_role_check(vault, what, mount, role, settings.vault_namespace(namespace), credential_type))
 
 
-def _role_check(vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:
+def _role_check(vault: Vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:
     try:
         data = vault.read_role(mount, role, namespace)
     except VaultDenied:
