@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, func, select, update
 
@@ -41,6 +42,14 @@ from broker.errors import (
     UsageError,
 )
 from broker.models import Lease, OutboxEntry, Setting
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import Table
+    from sqlalchemy.engine import URL, Connection, Engine
+
+    from broker.app import App
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +98,7 @@ STATES = ("active", "expired", "revoked", "all")
 # -- the URL: parsed, masked, never shown with its password ---------------------------------------
 
 
-def require_url(app) -> str:
+def require_url(app: App) -> str:
     if not app.ledger_url:
         raise UsageError("no fleet ledger configured: give --ledger-url URL or set BROKER_LEDGER_URL")
     return app.ledger_url
@@ -117,7 +126,7 @@ def mask_url(raw: str) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def parse_url(raw: str):
+def parse_url(raw: str) -> URL:
     """A SQLAlchemy URL on psycopg 3; `postgresql://` is taken as psycopg 3 too."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -147,15 +156,15 @@ def parse_url(raw: str):
 class FleetLedger:
     """The fleet ledger for one command: an engine (no pool, short timeouts) and the schema check."""
 
-    def __init__(self, raw_url: str):
+    def __init__(self, raw_url: str) -> None:
         self.url = parse_url(raw_url)
         self.masked = mask_url(raw_url)
         self._secrets = [s for s in (self.url.password, os.environ.get("PGPASSWORD")) if s]
-        self._engine = None
+        self._engine: Engine | None = None
         self._checked = False
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             from sqlalchemy import create_engine
             from sqlalchemy.pool import NullPool
@@ -210,7 +219,7 @@ class FleetLedger:
         return FleetUnreachable(f"cannot reach the fleet ledger {self.masked}: {reason}")
 
     @contextlib.contextmanager
-    def translated(self, what: str):
+    def translated(self, what: str) -> Iterator[None]:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
@@ -225,7 +234,7 @@ class FleetLedger:
             raise
 
     @contextlib.contextmanager
-    def begin(self, what: str, *, check_schema: bool = True):
+    def begin(self, what: str, *, check_schema: bool = True) -> Iterator[Connection]:
         """A connection in one transaction (committed on success), its errors translated."""
         with self.translated(what), self.engine.begin() as conn:
             if check_schema and not self._checked:
@@ -247,13 +256,14 @@ class FleetLedger:
             self._engine.dispose()
 
 
-def read_revision(conn) -> str | None:
+def read_revision(conn: Connection) -> str | None:
     from sqlalchemy import text
 
     exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": fleet_version_table()}).scalar()
     if exists is None:
         return None
-    return conn.execute(text(f"SELECT version_num FROM {fleet_version_table()}")).scalar()  # noqa: S608
+    revision: str | None = conn.execute(text(f"SELECT version_num FROM {fleet_version_table()}")).scalar()  # noqa: S608
+    return revision
 
 
 def fleet_version_table() -> str:
@@ -323,7 +333,7 @@ def init_schema(raw_url: str) -> InitResult:
         ledger.dispose()
 
 
-def _require_roles(conn, masked: str) -> None:
+def _require_roles(conn: Connection, masked: str) -> None:
     from sqlalchemy import text
 
     from broker.fleet_models import HOST_ROLE, RESPONDER_ROLE
@@ -355,7 +365,7 @@ class LedgerStatus:
     last_push: int | None
     error: FleetError | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "url": self.url,
             "revision": self.revision,
@@ -364,7 +374,7 @@ class LedgerStatus:
         }
 
 
-def status(app) -> LedgerStatus:
+def status(app: App) -> LedgerStatus:
     """What is known locally (pending rows, last push) and, when PostgreSQL answers, its revision."""
     ledger = FleetLedger(require_url(app))
     pending, last_push = local_status(app)
@@ -383,7 +393,7 @@ def status(app) -> LedgerStatus:
     return LedgerStatus(ledger.masked, revision, pending, last_push, error)
 
 
-def local_status(app) -> tuple[int, int | None]:
+def local_status(app: App) -> tuple[int, int | None]:
     with app.transaction(read_only=True) as session:
         pending = session.scalar(select(func.count()).select_from(OutboxEntry)) or 0
         value = session.scalar(select(Setting.value).where(Setting.key == LAST_PUSH_KEY))
@@ -418,15 +428,15 @@ def utc(epoch: int | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
-def _shared_row(lease: Lease) -> dict:
-    row = {name: getattr(lease, name) for name in _PUSHED}
+def _shared_row(lease: Lease) -> dict[str, Any]:
+    row: dict[str, Any] = {name: getattr(lease, name) for name in _PUSHED}
     for name in TIME_COLUMNS:
         row[name] = utc(row[name])
     row["namespace"] = row["namespace"] or ""
     return row
 
 
-def _read_outbox(app, after: int, limit: int) -> list[tuple[OutboxEntry, Lease | None]]:
+def _read_outbox(app: App, after: int, limit: int) -> list[tuple[OutboxEntry, Lease | None]]:
     with app.transaction(read_only=True) as session:
         return list(
             session.execute(
@@ -439,7 +449,7 @@ def _read_outbox(app, after: int, limit: int) -> list[tuple[OutboxEntry, Lease |
         )
 
 
-def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
+def _forget_pushed(app: App, pushed: dict[int, tuple[object, ...]], orphans: list[int]) -> int:
     """Delete the outbox entries of rows PostgreSQL committed, unless the row changed since it was
     read (then it stays queued and goes out with its new state next time)."""
     with app.transaction() as session:
@@ -455,12 +465,12 @@ def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
     return len(done)
 
 
-def _upsert(conn, rows: list[dict]) -> None:
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     from sqlalchemy.dialects.postgresql import insert
 
     from broker.fleet_models import FleetLease
 
-    stmt = insert(FleetLease.__table__)
+    stmt = insert(cast("Table", FleetLease.__table__))  # declarative types __table__ as a FromClause
     stmt = stmt.on_conflict_do_update(
         index_elements=["lease_id", "access_key_id"],
         set_={name: stmt.excluded[name] for name in _MUTABLE},
@@ -468,7 +478,7 @@ def _upsert(conn, rows: list[dict]) -> None:
     conn.execute(stmt, rows)
 
 
-def push(app, ledger: FleetLedger) -> int:
+def push(app: App, ledger: FleetLedger) -> int:
     """Upsert every outbox row into the fleet ledger, a batch per transaction; returns rows pushed.
     Each entry is read once per call, so rows changing all the time cannot keep it looping."""
     pushed_total = 0
@@ -495,7 +505,7 @@ def push(app, ledger: FleetLedger) -> int:
 # -- pull: fleet revocations of this host's leases -----------------------------------------------------
 
 
-def pull(app, ledger: FleetLedger) -> int:
+def pull(app: App, ledger: FleetLedger) -> int:
     """Mark revoked the local active leases a responder revoked in the fleet ledger, wiping their
     cached secrets; returns how many. Only this host's own rows are asked for (by lease id)."""
     from sqlalchemy import and_, tuple_
@@ -546,7 +556,7 @@ class SyncResult:
     pending: int = 0
 
 
-def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
+def sync(app: App, *, background: bool = False, wait: bool = True) -> SyncResult:
     """Drain the outbox into the fleet ledger and pull revocations of this host's leases.
     With wait=False, skip at once (ran=False) if another sync runs; background (after a miss) also
     lowers this process's priority. When PostgreSQL cannot be reached the error propagates and every
@@ -565,7 +575,7 @@ def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
         return _sync_locked(app, url)
 
 
-def sync_before_prune(app) -> SyncResult | None:
+def sync_before_prune(app: App) -> SyncResult | None:
     """`broker prune` first pushes what waits in the outbox (the rows it must keep until then) and
     pulls revocations. PostgreSQL being down is a warning, never a reason not to prune."""
     if not app.ledger_url:
@@ -577,7 +587,7 @@ def sync_before_prune(app) -> SyncResult | None:
         return None
 
 
-def _sync_locked(app, url: str) -> SyncResult:
+def _sync_locked(app: App, url: str) -> SyncResult:
     ledger = FleetLedger(url)
     try:
         ledger.check()
@@ -595,7 +605,7 @@ def _sync_locked(app, url: str) -> SyncResult:
     return SyncResult(ran=True, pushed=pushed, pulled=pulled, pending=pending)
 
 
-def spawn_background_sync(app) -> bool:
+def spawn_background_sync(app: App) -> bool:
     """After a miss: start `broker ledger sync --background` detached, and never wait for it.
 
     The child gets /dev/null for stdin/stdout/stderr (an SDK waits for the helper's pipes to close),
