@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 
 from broker import cache, listing
 from broker.errors import BrokerError, UsageError, one_line
@@ -150,7 +150,7 @@ TARGET_COLUMNS = [
 ]
 
 
-def local_target(row: Row[Any], now: int) -> Target:
+def local_target(row: Any, now: int) -> Target:
     """A Target from a row of TARGET_COLUMNS."""
     m = row._mapping
     return Target(
@@ -187,7 +187,7 @@ def local_targets_by_lease_id(app: App, lease_ids: Sequence[str], now: int) -> d
         for start in range(0, len(wanted), CHUNK):
             chunk = wanted[start : start + CHUNK]
             for row in session.execute(select(*TARGET_COLUMNS).where(Lease.lease_id.in_(chunk)).order_by(Lease.id)):
-                found.setdefault(row[1], []).append(local_target(row, now))
+                found.setdefault(str(row[1]), []).append(local_target(row, now))
     return found
 
 

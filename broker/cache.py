@@ -5,6 +5,18 @@ reads the ledger with plain sqlite3. Everything that writes goes through SQLAlch
 two meet in the column names below, and tests/test_schema.py fails if they drift apart.
 """
 
+TYPE_CHECKING = False  # typing is not imported on the cache-hit path; mypy treats this name as True
+if TYPE_CHECKING:
+    import sqlite3
+    from typing import Any
+
+# A request's fields (REQUEST_FIELDS) by name: strings from flags and profiles, ttl an int, any may be None.
+# Loosely typed on purpose: callers validate each field (profiles.check_*) before use.
+RequestFields = dict[str, "Any"]
+
+# A servable cache row, as HIT_QUERY selects it: (id, access_key_id, sealed_secret, started_at, expires_at).
+Hit = tuple[int, str, bytes, int, int]
+
 # The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
 # of migrations/versions; db.py refuses databases whose revision it does not know.
 SCHEMA_HEAD = "0001"
@@ -44,9 +56,9 @@ def still_valid(expires_at: int, now: float) -> bool:
     return expires_at - now >= MIN_REMAINING
 
 
-def merge_request(profile: dict | None, flags: dict) -> dict:
+def merge_request(profile: RequestFields | None, flags: RequestFields) -> RequestFields:
     """The effective request: each flag given on the command line overrides the profile's value."""
-    merged = dict.fromkeys(REQUEST_FIELDS)
+    merged: RequestFields = dict.fromkeys(REQUEST_FIELDS)
     if profile:
         merged.update({k: v for k, v in profile.items() if k in merged})
     merged.update({k: v for k, v in flags.items() if k in merged and v not in (None, "")})
@@ -63,7 +75,7 @@ def endpoint_for(credential_type: str | None, ttl: int | None, role_arn: str | N
     return "creds"
 
 
-def cache_key(vault_addr: str, namespace: str, request: dict) -> str:
+def cache_key(vault_addr: str, namespace: str, request: RequestFields) -> str:
     """Requests with equal keys may share a cached credential. A generated (unique) session name is
     not part of the request, so it does not split the cache; one the user chose does."""
     endpoint = endpoint_for(request["credential_type"], request["ttl"], request["role_arn"])
@@ -80,10 +92,10 @@ def cache_key(vault_addr: str, namespace: str, request: dict) -> str:
     return "|".join(parts)
 
 
-def find_hit(conn, key: str, now: float):
+def find_hit(conn: "sqlite3.Connection", key: str, now: float) -> Hit | None:
     """The freshest cached row for `key` that may be served: (id, access_key_id, sealed_secret,
     started_at, expires_at), or None."""
-    row = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
+    row: Hit | None = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
     if row is None or not reusable(row[3], row[4], now):
         return None
     return row
@@ -103,11 +115,15 @@ def _plain(value: str) -> bool:
 def render_process_json(access_key_id: str, secret_key: str, session_token: str | None, expires_at: float) -> str:
     """The credential_process object. Built by hand for the usual characters (no json import on a
     hit), through json for anything else."""
-    fields = [("Version", 1), ("AccessKeyId", access_key_id), ("SecretAccessKey", secret_key)]
+    fields: list[tuple[str, int | str]] = [
+        ("Version", 1),
+        ("AccessKeyId", access_key_id),
+        ("SecretAccessKey", secret_key),
+    ]
     if session_token:
         fields.append(("SessionToken", session_token))
     fields.append(("Expiration", iso_utc(expires_at)))
-    if all(_plain(v) for _, v in fields[1:]):
+    if all(isinstance(v, str) and _plain(v) for _, v in fields[1:]):
         return "{" + ", ".join(f'"{k}": {v}' if k == "Version" else f'"{k}": "{v}"' for k, v in fields) + "}"
     import json
 

@@ -19,10 +19,15 @@ import logging
 import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from broker import cache, output
 from broker.errors import BrokerError, UsageError
 from broker.execenv import Endpoint
+
+if TYPE_CHECKING:
+    from broker.app import App
+    from broker.issuance import Credential, IssueRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ TOKEN_BYTES = 30  # as aws-vault's ECS server
 class CredentialServer:
     """`start()` binds and serves in a thread; `stop()` shuts down and joins. A context manager."""
 
-    def __init__(self, app, request, *, port: int = 0):
+    def __init__(self, app: App, request: IssueRequest, *, port: int = 0) -> None:
         self.app = app
         self.request = request
         self.port = port
@@ -88,7 +93,7 @@ class CredentialServer:
     def __enter__(self) -> CredentialServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- what a request gets -------------------------------------------------------------------
@@ -99,7 +104,7 @@ class CredentialServer:
         presented = header[len("Bearer ") :] if header.startswith("Bearer ") else header
         return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.token.encode())
 
-    def answer(self) -> tuple[int, dict]:
+    def answer(self) -> tuple[int, dict[str, str]]:
         """(status, body) for an authorized request: the container-credentials object, or a
         one-line error (no secret in it) that the SDK reports."""
         from broker import issuance
@@ -115,7 +120,7 @@ class CredentialServer:
         return 200, container_body(credential)
 
 
-def container_body(credential) -> dict:
+def container_body(credential: Credential) -> dict[str, str]:
     """The ECS container-credentials response. `Token` is always present (botocore requires the
     key); it is empty for iam_user keys, which have none."""
     return {
@@ -135,8 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "broker"
     sys_version = ""
     protocol_version = "HTTP/1.0"
+    server: _HTTPServer  # what _HTTPServer hands its handlers (the base class says BaseServer)
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - the request line only, never headers
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the request line only, never headers
         log.debug("credential endpoint: " + format, *args)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -155,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
 
-    def _send(self, status: int, body: dict) -> None:
+    def _send(self, status: int, body: dict[str, str]) -> None:
         data = json.dumps(body).encode()
         try:
             self.send_response(status)

@@ -19,6 +19,10 @@ import os
 
 from broker import settings
 
+TYPE_CHECKING = False  # typing is not imported on the cache-hit path; mypy treats this name as True
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 BLOB_VERSION = b"\x01"
@@ -28,7 +32,7 @@ class KeyUnusable(ValueError):
     """The configured key is unusable (bad BROKER_KEY, unreadable key file)."""
 
 
-def _aesgcm(key: bytes):
+def _aesgcm(key: bytes) -> "AESGCM":
     # The public class lives in cryptography.hazmat.primitives.ciphers.aead, whose import costs
     # ~12 ms of pure-Python modules; it is the same object as the Rust binding's class, which
     # imports in ~3 ms (tests/test_cache_rule.py pins that identity).
@@ -205,7 +209,7 @@ def seal(key: bytes, secret_key: str, session_token: str | None, aad: str) -> by
     return BLOB_VERSION + nonce + _aesgcm(key).encrypt(nonce, plain, aad.encode())
 
 
-def unseal(key: bytes, blob: bytes, aad: str) -> tuple[str, str | None] | None:
+def unseal(key: bytes, blob: bytes | None, aad: str) -> tuple[str, str | None] | None:
     """(secret_key, session_token) or None when the blob does not open with this key."""
     if not blob or blob[:1] != BLOB_VERSION:
         return None

@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine
@@ -31,6 +31,8 @@ from broker.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ def _translate(exc: BaseException, path: str) -> BrokerError:
 
 
 @contextlib.contextmanager
-def translated(path: str):
+def translated(path: str) -> Iterator[None]:
     """Turn sqlite3 / SQLAlchemy database errors into one-line BrokerErrors."""
     try:
         yield
@@ -108,7 +110,7 @@ def open_engine(path: str) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -117,7 +119,7 @@ def open_engine(path: str) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
+    def _on_begin(conn: Connection) -> None:
         mode = "BEGIN" if conn.get_execution_options().get("broker_read_only") else "BEGIN IMMEDIATE"
         conn.exec_driver_sql(mode)
 
@@ -128,7 +130,7 @@ def open_engine(path: str) -> Engine:
 
 def read_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        raw = conn.connection.driver_connection
+        raw = cast(sqlite3.Connection, conn.connection.driver_connection)  # pysqlite's
         try:
             row = raw.execute(cache.SCHEMA_QUERY).fetchone()
         except sqlite3.OperationalError as exc:
@@ -170,7 +172,7 @@ def backup(engine: Engine, path: str, revision: str) -> str:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)
     with engine.connect() as conn, contextlib.closing(sqlite3.connect(target)) as dest:
-        conn.connection.driver_connection.backup(dest)
+        cast(sqlite3.Connection, conn.connection.driver_connection).backup(dest)
     log.info("backed up %s to %s", path, target)
     return target
 
@@ -226,7 +228,7 @@ def run_migration_env(context: Any, metadata: MetaData, url: str | None, **optio
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine, path: str, *, read_only: bool = False):
+def transaction(engine: Engine, path: str, *, read_only: bool = False) -> Iterator[Session]:
     """A Session in one short transaction: committed on success, rolled back on error.
     Writers take the write lock up front (BEGIN IMMEDIATE); readers use a deferred BEGIN."""
     with translated(path), engine.connect() as conn:

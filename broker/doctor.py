@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker import cache, crypto, durations, settings
 from broker.errors import BrokerError, VaultDenied, VaultRejected
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SHORT_TOKEN_SECONDS = 600
 STALE_INTENT_SECONDS = 120  # an issuance takes seconds; an intent this old lost its worker
+
+# A profile as _check_database reads it: (name, mount, role, namespace, credential_type).
+ProfileRow = tuple[str, str, str, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def _check_vault(env: settings.Env, checks: list[Check]) -> Vault | None:
     return vault
 
 
-def _token_check(data: dict) -> Check:
+def _token_check(data: dict[str, Any]) -> Check:
     policies = data.get("policies") or []
     shown = ", ".join(str(p) for p in policies) if isinstance(policies, list) else "?"
     try:
@@ -106,7 +109,7 @@ def _token_check(data: dict) -> Check:
 # -- the ledger and the key ------------------------------------------------------------------------
 
 
-def _check_database(env: settings.Env, path: str, checks: list[Check]) -> list[tuple] | None:
+def _check_database(env: settings.Env, path: str, checks: list[Check]) -> list[ProfileRow] | None:
     """Path, permissions and schema revision, read-only; returns the profiles when readable."""
     directory = os.path.dirname(path)
     if not os.path.exists(path):
@@ -262,7 +265,7 @@ def _check_key_file(env: settings.Env, path: str, checks: list[Check]) -> None:
 # -- profiles -------------------------------------------------------------------------------------
 
 
-def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[tuple] | None, checks: list[Check]) -> None:
+def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[ProfileRow] | None, checks: list[Check]) -> None:
     if rows is None:
         return
     if not rows:
@@ -278,7 +281,7 @@ def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[tuple] | 
         checks.append(_role_check(vault, what, mount, role, env.vault_namespace(namespace), credential_type))
 
 
-def _role_check(vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:
+def _role_check(vault: Vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:
     try:
         data = vault.read_role(mount, role, namespace)
     except VaultDenied:

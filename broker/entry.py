@@ -3,7 +3,7 @@
 import sys
 
 
-def main(argv: list | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if "credential-process" in args:
         from broker import fastpath

@@ -11,9 +11,13 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker import cache
 from broker.errors import UsageError
+
+if TYPE_CHECKING:
+    from broker.issuance import Credential
 
 # What `broker exec` sets to mark its children; its presence in our own environment means nesting.
 PROFILE_VAR = "BROKER_PROFILE"
@@ -40,7 +44,7 @@ REMOVED_VARS = (
 
 @dataclass(frozen=True)
 class Keys:
-    """The parts of a credential a child or an export needs (duck-compatible with leases.Credential)."""
+    """The parts of a credential a child or an export needs (duck-compatible with issuance.Credential)."""
 
     access_key_id: str
     secret_key: str = field(repr=False)
@@ -72,7 +76,7 @@ def child_env(
     profile: str,
     *,
     region: str | None = None,
-    keys: Keys | None = None,
+    keys: Keys | Credential | None = None,
     endpoint: Endpoint | None = None,
 ) -> dict[str, str]:
     """The child's environment: `environ` without inherited credentials, plus exactly one of `keys`
@@ -82,7 +86,7 @@ def child_env(
     env = {name: value for name, value in environ.items() if name not in REMOVED_VARS}
     if keys is not None:
         env.update(credential_vars(keys))
-    else:
+    elif endpoint is not None:  # always, after the check above
         env[CONTAINER_URI_VAR] = endpoint.url
         env[CONTAINER_TOKEN_VAR] = endpoint.token
     if region:
@@ -92,7 +96,7 @@ def child_env(
     return env
 
 
-def credential_vars(keys: Keys) -> dict[str, str]:
+def credential_vars(keys: Keys | Credential) -> dict[str, str]:
     """AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (when there is one) and
     AWS_CREDENTIAL_EXPIRATION, in the order `export` prints them."""
     env = {"AWS_ACCESS_KEY_ID": keys.access_key_id, "AWS_SECRET_ACCESS_KEY": keys.secret_key}
@@ -105,7 +109,7 @@ def credential_vars(keys: Keys) -> dict[str, str]:
 # -- `broker export` ------------------------------------------------------------------------------
 
 
-def render_export(keys: Keys, fmt: str, *, profile: str, region: str | None = None) -> str:
+def render_export(keys: Keys | Credential, fmt: str, *, profile: str, region: str | None = None) -> str:
     """The text `broker export` prints (ending in a newline)."""
     if fmt == "json":
         return (

@@ -14,10 +14,14 @@ import time
 try:  # the C module itself: `sqlite3` would also import datetime to register its adapters
     import _sqlite3 as sqlite3
 except ImportError:  # pragma: no cover
-    import sqlite3
+    import sqlite3  # type: ignore[no-redef]  # the same Connection class either way
 
 from broker import cache, crypto, durations, settings
 from broker.errors import LockTimeout
+
+TYPE_CHECKING = False  # typing is not imported on the cache-hit path; mypy treats this name as True
+if TYPE_CHECKING:
+    from typing import Any
 
 FLAG_FIELDS = {
     "--profile": "profile",
@@ -31,9 +35,9 @@ FLAG_FIELDS = {
 GLOBAL_FLAGS = {"--db": "db", "--ledger-url": "ledger_url"}
 
 
-def parse(argv: list) -> dict | None:
+def parse(argv: list[str]) -> "dict[str, Any] | None":
     """`[--db P] [--ledger-url U] credential-process FLAGS` into a dict, or None if it is anything else."""
-    options: dict = {}
+    options: dict[str, Any] = {}
     table = GLOBAL_FLAGS
     i = 0
     seen_command = False
@@ -62,7 +66,7 @@ def _safe(path: str, wanted: int) -> bool:
     return settings.permission_problem(path, os.stat(path), wanted) is None
 
 
-def serve(argv: list) -> int | None:
+def serve(argv: list[str]) -> int | None:
     """Print a cached credential and return 0, or return None to hand over to the full CLI.
 
     On a miss this process waits for any issuance already in flight for the same request (the
@@ -104,7 +108,7 @@ def serve(argv: list) -> int | None:
     return 0
 
 
-def _wait_for_issuance(conn, env: settings.Env, path: str, key: str) -> str | None:
+def _wait_for_issuance(conn: "sqlite3.Connection", env: settings.Env, path: str, key: str) -> str | None:
     """Take the request's issuance lock and look again. On a hit, release it and return the answer;
     otherwise keep holding it for the full CLI (locks.adopt) and return None."""
     from broker import locks
@@ -123,7 +127,7 @@ def _wait_for_issuance(conn, env: settings.Env, path: str, key: str) -> str | No
     return answer
 
 
-def _cache_key(conn, env: settings.Env, options: dict) -> str | None:
+def _cache_key(conn: "sqlite3.Connection", env: settings.Env, options: "dict[str, Any]") -> str | None:
     row = conn.execute(cache.SCHEMA_QUERY).fetchone()
     if row is None or row[0] != cache.SCHEMA_HEAD:
         return None
@@ -143,7 +147,7 @@ def _cache_key(conn, env: settings.Env, options: dict) -> str | None:
     return cache.cache_key(env.vault_addr, env.vault_namespace(request["namespace"]), request)
 
 
-def _answer(conn, env: settings.Env, key: str) -> str | None:
+def _answer(conn: "sqlite3.Connection", env: settings.Env, key: str) -> str | None:
     """The credential_process JSON for a servable cached credential, or None."""
     hit = cache.find_hit(conn, key, time.time())
     if hit is None:

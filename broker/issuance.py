@@ -19,12 +19,19 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 
 from broker import cache, crypto, errors, locks, output, profiles, settings
 from broker.errors import BrokerError, LeaseNotRecorded, UsageError, VaultError, VaultTimeout
 from broker.models import Intent, Lease, OutboxEntry
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from broker.app import App
+    from broker.vault import Issued
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,7 @@ class IssueRequest:
     def cache_key(self) -> str:
         return cache.cache_key(self.vault_addr, self.namespace, self._fields())
 
-    def _fields(self) -> dict:
+    def _fields(self) -> cache.RequestFields:
         return {name: getattr(self, name) for name in cache.REQUEST_FIELDS}
 
     def describe(self) -> str:
@@ -70,7 +77,7 @@ class Credential:
         return cache.render_process_json(self.access_key_id, self.secret_key, self.session_token, self.expires_at)
 
 
-def build_request(app, profile_name: str | None, flags: dict) -> IssueRequest:
+def build_request(app: App, profile_name: str | None, flags: cache.RequestFields) -> IssueRequest:
     """The effective request from a profile and/or command-line flags, every part validated."""
     profile = None
     if profile_name:
@@ -98,7 +105,7 @@ def build_request(app, profile_name: str | None, flags: dict) -> IssueRequest:
     )
 
 
-def obtain(app, request: IssueRequest, *, use_cache: bool = True) -> Credential:
+def obtain(app: App, request: IssueRequest, *, use_cache: bool = True) -> Credential:
     """A credential for `request`: from the cache when one is fresh enough, else newly issued."""
     if not use_cache:
         return issue_detached(app, request, store_secret=False)
@@ -124,7 +131,7 @@ def obtain(app, request: IssueRequest, *, use_cache: bool = True) -> Credential:
             return fallback
 
 
-def cached(app, request: IssueRequest, *, fresh_only: bool = True) -> Credential | None:
+def cached(app: App, request: IssueRequest, *, fresh_only: bool = True) -> Credential | None:
     """The cached credential for `request`, if any may be served (fresh_only=False: any with at
     least a minute left, for when Vault cannot issue). A secret the current key cannot open is
     wiped: a lost key means re-issuing, never a crash."""
@@ -150,7 +157,7 @@ def cached(app, request: IssueRequest, *, fresh_only: bool = True) -> Credential
     return Credential(access_key_id, opened[0], opened[1], expires_at, row_id)
 
 
-def renew_cached(app, request: IssueRequest) -> Credential | None:
+def renew_cached(app: App, request: IssueRequest) -> Credential | None:
     """Extend a renewable (iam_user) cached lease instead of minting another IAM user. Falls back
     to None (issue anew) when Vault refuses or caps the renewal short of a fresh credential."""
     now = int(time.time())
@@ -198,7 +205,7 @@ def renew_cached(app, request: IssueRequest) -> Credential | None:
 # -- issuance in a worker that outlives its caller ------------------------------------------------
 
 
-def issue_detached(app, request: IssueRequest, *, store_secret: bool) -> Credential:
+def issue_detached(app: App, request: IssueRequest, *, store_secret: bool) -> Credential:
     """Run issue_and_record in a worker in its own session and wait for its answer. If this
     process is killed meanwhile, the worker still records (or revokes) the lease.
 
@@ -235,11 +242,11 @@ def issue_detached(app, request: IssueRequest, *, store_secret: bool) -> Credent
     return _from_worker(text)
 
 
-def worker_answer(app, request: IssueRequest, store_secret: bool) -> str:
+def worker_answer(app: App, request: IssueRequest, store_secret: bool) -> str:
     """Issue and record; the outcome as the JSON the caller decodes with _from_worker."""
     try:
         credential = issue_and_record(app, request, store_secret=store_secret)
-        payload = {"credential": _credential_dict(credential)}
+        payload: dict[str, object] = {"credential": _credential_dict(credential)}
     except BrokerError as exc:
         payload = {"error": type(exc).__name__, "message": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - reported to the caller as an internal error
@@ -247,7 +254,7 @@ def worker_answer(app, request: IssueRequest, store_secret: bool) -> str:
     return json.dumps(payload)
 
 
-def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Credential:
+def _issue_in_subprocess(app: App, request: IssueRequest, store_secret: bool) -> Credential:
     import subprocess
     import sys
     from dataclasses import asdict
@@ -270,7 +277,7 @@ def _issue_in_subprocess(app, request: IssueRequest, store_secret: bool) -> Cred
     return _from_worker(worker.stdout)
 
 
-def _credential_dict(credential: Credential) -> dict:
+def _credential_dict(credential: Credential) -> dict[str, object]:
     return {
         "access_key_id": credential.access_key_id,
         "secret_key": credential.secret_key,
@@ -295,7 +302,7 @@ def _from_worker(text: str) -> Credential:
     raise error_class(payload.get("message", ""))
 
 
-def issue_and_record(app, request: IssueRequest, *, store_secret: bool) -> Credential:
+def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> Credential:
     session_name = request.role_session_name
     if session_name is None and request.credential_type in (None, "assumed_role"):
         session_name = generate_session_name()
@@ -344,7 +351,7 @@ def generate_session_name() -> str:
     return f"broker-{user}-{stamp}-{secrets.token_hex(4)}"[:64]
 
 
-def _write_intent(app, request: IssueRequest, session_name: str | None) -> int:
+def _write_intent(app: App, request: IssueRequest, session_name: str | None) -> int:
     with app.transaction() as session:
         intent = Intent(
             profile=request.profile,
@@ -363,7 +370,7 @@ def _write_intent(app, request: IssueRequest, session_name: str | None) -> int:
         return intent.id
 
 
-def _clear_intent(app, intent_id: int) -> None:
+def _clear_intent(app: App, intent_id: int) -> None:
     try:
         with app.transaction() as session:
             session.execute(delete(Intent).where(Intent.id == intent_id))
@@ -371,7 +378,7 @@ def _clear_intent(app, intent_id: int) -> None:
         log.warning("could not clear issuance intent %s: %s", intent_id, exc)
 
 
-def _record(app, request: IssueRequest, issued, intent_id: int, key: bytes | None) -> int:
+def _record(app: App, request: IssueRequest, issued: Issued, intent_id: int, key: bytes | None) -> int:
     with app.transaction() as session:
         row = Lease(
             lease_id=issued.lease_id,
@@ -401,7 +408,7 @@ def _record(app, request: IssueRequest, issued, intent_id: int, key: bytes | Non
         return row.id
 
 
-def enqueue_for_fleet(app, session, lease_row: int) -> None:
+def enqueue_for_fleet(app: App, session: Session, lease_row: int) -> None:
     """Mark a lease row for the fleet ledger's outbox (only when a ledger URL is configured)."""
     if app.ledger_url:
         session.merge(OutboxEntry(lease_row=lease_row, enqueued_at=int(time.time())))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 
 from broker import crypto
 from broker.errors import UsageError
 from broker.models import Lease
+
+if TYPE_CHECKING:
+    from broker.app import App
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class KeyStatus:
     sealed_secrets: int
 
 
-def status(app) -> KeyStatus:
+def status(app: App) -> KeyStatus:
     kind, where = crypto.key_source(app.env)
     key = app.key(create=False)
     with app.transaction(read_only=True) as session:
@@ -33,12 +37,13 @@ class Rotation:
     discarded: int
 
 
-def rotate(app) -> Rotation:
+def rotate(app: App) -> Rotation:
     """Seal every cached secret under a new key, then store the key, in one write transaction:
     a crash at any point leaves secrets that open with the stored key, or none (re-issued)."""
     if crypto.key_source(app.env)[0] == "BROKER_KEY":
         raise UsageError("the key comes from BROKER_KEY; set a new value there instead (cached secrets are discarded)")
     old = app.key(create=True)
+    assert old is not None  # create=True always yields a key; tells mypy
     new_text = crypto.new_key_text()
     new = crypto._decode(new_text, "the new key")
     reencrypted = discarded = 0

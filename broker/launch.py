@@ -15,9 +15,20 @@ import signal
 import subprocess
 import sys
 import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from broker import cache, execenv, output
 from broker.errors import BrokerError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.app import App
+    from broker.issuance import Credential, IssueRequest
+
+    # What signal.signal takes and returns (typeshed's private signal._HANDLER).
+    Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +48,7 @@ class CommandNotExecutable(BrokerError):
     exit_code = 126
 
 
-def prepare(app, profile: str, *, force: bool):
+def prepare(app: App, profile: str, *, force: bool) -> tuple[IssueRequest, Credential]:
     """Check nesting, then the request and a first credential (so errors come before any child runs)."""
     from broker import issuance
 
@@ -47,7 +58,7 @@ def prepare(app, profile: str, *, force: bool):
     return request, credential
 
 
-def exec_with_keys(app, profile: str, command: list[str], *, force: bool) -> int:
+def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool) -> int:
     """Env mode: put the keys in the environment and become the command."""
     request, credential = prepare(app, profile, force=force)
     env = execenv.child_env(os.environ, profile, region=request.region, keys=credential)
@@ -66,7 +77,7 @@ def exec_with_keys(app, profile: str, command: list[str], *, force: bool) -> int
     return 0  # not reached
 
 
-def exec_with_server(app, profile: str, command: list[str], *, force: bool) -> int:
+def exec_with_server(app: App, profile: str, command: list[str], *, force: bool) -> int:
     """Server mode: serve fresh credentials on loopback to a child, for as long as it runs."""
     from broker.credserver import CredentialServer
 
@@ -84,7 +95,7 @@ def exec_with_server(app, profile: str, command: list[str], *, force: bool) -> i
     return exit_like(returncode)
 
 
-def serve(app, profile: str, port: int, out) -> int:
+def serve(app: App, profile: str, port: int, out: TextIO) -> int:
     """`broker serve`: the endpoint in the foreground until SIGINT or SIGTERM."""
     from broker import issuance
     from broker.credserver import CredentialServer
@@ -115,7 +126,7 @@ def serve(app, profile: str, port: int, out) -> int:
     return 0
 
 
-def export(app, profile: str, fmt: str) -> str:
+def export(app: App, profile: str, fmt: str) -> str:
     from broker import issuance
 
     request = issuance.build_request(app, profile, {})
@@ -151,12 +162,12 @@ class _Forwarding:
     Handlers are Python functions, never SIG_IGN, because an ignored signal stays ignored in a child
     across exec; one that arrives before the child exists is delivered as soon as it does."""
 
-    def __init__(self):
-        self.child: subprocess.Popen | None = None
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
         self.pending: list[int] = []
-        self.previous: dict = {}
+        self.previous: dict[int, Handler] = {}
 
-    def _forward(self, signum, _frame) -> None:
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
         if self.child is None:
             self.pending.append(signum)
         elif self.child.poll() is None:
@@ -165,13 +176,13 @@ class _Forwarding:
             except ProcessLookupError:
                 pass
 
-    def _ignore(self, signum, _frame) -> None:
+    def _ignore(self, signum: int, _frame: FrameType | None) -> None:
         """The terminal signals the child itself (same foreground group); only before the child
         exists does broker pass it on."""
         if self.child is None:
             self.pending.append(signum)
 
-    def attach(self, child: subprocess.Popen) -> None:
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
         self.child = child
         while self.pending:
             self._forward(self.pending.pop(0), None)
@@ -183,7 +194,7 @@ class _Forwarding:
             self.previous[sig] = signal.signal(sig, handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 

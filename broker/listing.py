@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from broker import cache, durations
-from broker.models import Lease
+from broker.models import LEASES, Lease
 from broker.selection import Selection
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ YIELD_PER = 2000
 FIXED_WIDTHS = {"issued_at": 19, "expires_at": 19, "revoked_at": 19, "state": len("expired"), "left": 12}
 
 # The local ledger's columns by name, for Selection.conditions.
-LEDGER_COLUMNS: dict[str, ColumnElement[Any]] = {c.key: c for c in Lease.__table__.c}
+LEDGER_COLUMNS: dict[str, ColumnElement[Any]] = {c.key: c for c in LEASES.c}
 
 _SELECTED = [getattr(Lease, name) for name in PUBLIC_COLUMNS if name != "state"] + [Lease.state]
 _SELECTED_NAMES = [name for name in PUBLIC_COLUMNS if name != "state"] + ["state"]

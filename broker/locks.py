@@ -12,6 +12,10 @@ import time
 
 from broker.errors import LockTimeout
 
+TYPE_CHECKING = False  # typing is not imported on the cache-hit path; mypy treats this name as True
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 POLL_SECONDS = 0.005
 ISSUANCE_WAIT_SECONDS = 15.0  # how long a caller waits for another process's issuance of the same request
 
@@ -58,7 +62,7 @@ def adopt(path: str, fd: int) -> None:
 
 
 @contextlib.contextmanager
-def hold(path: str, timeout: float, what: str = "lock"):
+def hold(path: str, timeout: float, what: str = "lock") -> "Iterator[int]":
     """Hold an exclusive lock on `path`, waiting at most `timeout` seconds for it."""
     fd = _adopted.pop(path, None)
     if fd is None:
@@ -70,7 +74,7 @@ def hold(path: str, timeout: float, what: str = "lock"):
 
 
 @contextlib.contextmanager
-def try_hold(path: str):
+def try_hold(path: str) -> "Iterator[bool]":
     """Yield True while holding the lock, or False at once when another process holds it."""
     fd = _open(path)
     try:

@@ -4,7 +4,9 @@
 Times are whole Unix seconds (UTC): cheap to compare in the cache-hit query and in prune.
 """
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text
+from typing import cast
+
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -117,3 +119,7 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+# The Core table of leases (declarative types `__table__` as a FromClause), for bulk UPDATEs.
+LEASES = cast(Table, Lease.__table__)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from broker.renew import RenewReport
     from broker.revoke import RevokeReport
+
+    Row = Mapping[str, object]
 
 
 def mask_key(access_key_id: str) -> str:
@@ -21,13 +23,13 @@ def mask_key(access_key_id: str) -> str:
 
 
 def render(
-    rows: Iterable[dict],
+    rows: Iterable[Row],
     fmt: str,
     columns: list[str],
     *,
-    headers: dict | None = None,
-    out=None,
-    widths: dict | None = None,
+    headers: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+    widths: Mapping[str, int] | None = None,
 ) -> int:
     """Write `rows` (only the `columns` keys) in `fmt`; returns how many rows were written.
     A table given `widths` (column -> characters, known beforehand) streams too."""
@@ -41,11 +43,11 @@ def render(
     return _table(rows, columns, headers or {}, out)
 
 
-def _json(rows, columns, out) -> int:
+def _json(rows: Iterable[Row], columns: list[str], out: TextIO) -> int:
     return json_array(([json.dumps({c: row.get(c) for c in columns})] for row in rows), out)
 
 
-def json_array(batches: Iterable[list[str]], out=None) -> int:
+def json_array(batches: Iterable[list[str]], out: TextIO | None = None) -> int:
     """Write batches of already-encoded JSON objects as the one JSON array `render` writes,
     streamed (for rows a database encoded itself); returns how many objects."""
     out = out or sys.stdout
@@ -60,7 +62,7 @@ def json_array(batches: Iterable[list[str]], out=None) -> int:
     return count
 
 
-def _csv(rows, columns, out) -> int:
+def _csv(rows: Iterable[Row], columns: list[str], out: TextIO) -> int:
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     count = 0
@@ -70,7 +72,7 @@ def _csv(rows, columns, out) -> int:
     return count
 
 
-def _table(rows, columns, headers, out) -> int:
+def _table(rows: Iterable[Row], columns: list[str], headers: Mapping[str, str], out: TextIO) -> int:
     from tabulate import tabulate
 
     body = [["-" if row.get(c) in (None, "") else row.get(c) for c in columns] for row in rows]
@@ -80,7 +82,9 @@ def _table(rows, columns, headers, out) -> int:
     return len(body)
 
 
-def _fixed_table(rows, columns, headers, widths, out) -> int:
+def _fixed_table(
+    rows: Iterable[Row], columns: list[str], headers: Mapping[str, str], widths: Mapping[str, int], out: TextIO
+) -> int:
     """tabulate's "simple" layout, row by row, with column widths decided before the first row."""
     names = [headers.get(c, c) for c in columns]
     sizes = [max(len(name), int(widths.get(c, 0))) for c, name in zip(columns, names, strict=True)]

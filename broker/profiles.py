@@ -100,7 +100,7 @@ class ProfileSpec:
             region=check_region(self.region) if self.region else None,
         )
 
-    def request_fields(self) -> dict:
+    def request_fields(self) -> cache.RequestFields:
         return {k: v for k, v in asdict(self).items() if k in cache.REQUEST_FIELDS}
 
 

@@ -19,8 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from broker import locks
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from broker.app import App
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ class PruneResult:
         return text
 
 
-def prune_expired(app, *, dry_run: bool = False, now: int | None = None) -> PruneResult:
+def prune_expired(app: App, *, dry_run: bool = False, now: int | None = None) -> PruneResult:
     """Delete (or with dry_run, count) the ledger rows whose credentials ended before `now`."""
     cutoff = int(time.time()) if now is None else now
     result = PruneResult(dry_run=dry_run)
@@ -87,7 +93,7 @@ def prune_expired(app, *, dry_run: bool = False, now: int | None = None) -> Prun
     return result
 
 
-def _count(conn, cutoff: int, result: PruneResult) -> None:
+def _count(conn: sqlite3.Connection, cutoff: int, result: PruneResult) -> None:
     for state, count in conn.execute(COUNT_QUERY, (cutoff,)):
         _add(result, state, count)
 
@@ -99,7 +105,7 @@ def _add(result: PruneResult, state: str, count: int) -> None:
         result.expired += count
 
 
-def _delete(conn, cutoff: int, result: PruneResult) -> None:
+def _delete(conn: sqlite3.Connection, cutoff: int, result: PruneResult) -> None:
     """Batches until nothing is left, each sized to take about BATCH_TARGET_SECONDS."""
     size = FIRST_BATCH_ROWS
     while True:

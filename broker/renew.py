@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, func, update
 from broker import bulk, durations, issuance, listing
 from broker.bulk import Result, Target, VaultPool
 from broker.errors import UsageError
-from broker.models import Lease
+from broker.models import LEASES
 from broker.selection import Selection
 
 if TYPE_CHECKING:
@@ -98,9 +98,9 @@ def renew_matching(app: App, selection: Selection, *, increment: int | None = No
 # A capped renewal keeps renewed_at: the cache rule must not count a few capped minutes as a fresh
 # lifetime (issuance.renew_cached does the same).
 _RECORD = (
-    update(Lease.__table__)
-    .where(Lease.__table__.c.id == bindparam("row"))
-    .values(expires_at=bindparam("until"), renewed_at=func.coalesce(bindparam("at"), Lease.__table__.c.renewed_at))
+    update(LEASES)
+    .where(LEASES.c.id == bindparam("row"))
+    .values(expires_at=bindparam("until"), renewed_at=func.coalesce(bindparam("at"), LEASES.c.renewed_at))
 )
 
 

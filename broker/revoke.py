@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, update
 from broker import bulk, cache, issuance, listing, profiles, settings
 from broker.bulk import Result, Target, VaultPool
 from broker.errors import BrokerError, one_line
-from broker.models import Lease
+from broker.models import LEASES, Lease
 from broker.selection import Selection
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _by_lease_ids(app: App, lease_ids: Sequence[str], now: int) -> list[Target]:
 
 # -- 3. marking -----------------------------------------------------------------------------------------
 
-_LEASES = Lease.__table__  # Core table: executemany of UPDATEs by id, no ORM bookkeeping
+_LEASES = LEASES  # Core table: executemany of UPDATEs by id, no ORM bookkeeping
 _MARK_REVOKED = (
     update(_LEASES)
     .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
@@ -142,10 +142,10 @@ def wipe_secrets(app: App, targets: Iterable[Target]) -> None:
 def mark_results(app: App, results: Sequence[Result], revoked_by: str) -> None:
     """Commit one batch of outcomes: revoked rows become `revoked` (time, who, error cleared); failed
     rows stay `active` with the error. Rows already revoked meanwhile are left alone."""
-    done = [
+    done: list[dict[str, Any]] = [
         {"row": r.target.row_id, "at": r.at, "by": revoked_by} for r in results if r.ok and r.target.row_id is not None
     ]
-    failed = [
+    failed: list[dict[str, Any]] = [
         {"row": r.target.row_id, "error": f"{cache.iso_utc(r.at)} {r.error}"}
         for r in results
         if not r.ok and r.target.row_id is not None

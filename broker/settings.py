@@ -6,8 +6,6 @@ Values are kept as given; the few that need parsing are parsed where they are us
 BROKER_VAULT_TIMEOUT fails a command that talks to Vault, not `broker leases`.
 """
 
-from __future__ import annotations
-
 import os
 
 TYPE_CHECKING = False  # typing is not imported on the hit path; mypy reads this as True
@@ -75,7 +73,7 @@ class Env:
     xdg_config_home: str
     xdg_runtime_dir: str
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: "Mapping[str, str]") -> None:
         for name, variable in VARIABLES:
             setattr(self, name, environ.get(variable, ""))
 

@@ -20,9 +20,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from broker import profiles
 from broker.errors import BrokerError, UsageError
+
+if TYPE_CHECKING:
+    from broker.app import App
+    from broker.issuance import Credential
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,9 @@ def session_duration(credential_type: str, expires_at: int, now: float) -> int |
     return max(MIN_SESSION_SECONDS, min(MAX_SESSION_SECONDS, int(expires_at - now)))
 
 
-def signin_url(credential, credential_type: str, *, federation_url: str, region: str | None, path: str | None) -> str:
+def signin_url(
+    credential: Credential, credential_type: str, *, federation_url: str, region: str | None, path: str | None
+) -> str:
     """Ask the federation endpoint for a sign-in token and build the login URL."""
     session = json.dumps(
         {
@@ -137,7 +144,7 @@ def _get_signin_token(federation_url: str, query: str) -> str:
     return token
 
 
-def login_url(app, profile: str, *, region: str | None, path: str | None, federation_url: str | None) -> str:
+def login_url(app: App, profile: str, *, region: str | None, path: str | None, federation_url: str | None) -> str:
     """The console sign-in URL for a profile (issuing or reusing its credential)."""
     from broker import issuance
 
@@ -156,7 +163,7 @@ def login_url(app, profile: str, *, region: str | None, path: str | None, federa
     return url
 
 
-def _recorded_type(app, credential) -> str | None:
+def _recorded_type(app: App, credential: Credential) -> str | None:
     from broker.models import Lease
 
     if credential.lease_row is None:

@@ -11,6 +11,7 @@ import os
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from broker import settings
 from broker.errors import (
@@ -24,6 +25,11 @@ from broker.errors import (
     VaultUnreachable,
     one_line,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import hvac
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +133,15 @@ def namespace_of_lease(header_namespace: str, request_path: str, lease_id: str) 
 class Vault:
     """A Vault connection for one command: hvac clients per namespace, with retries and one-line errors."""
 
-    def __init__(self, vault_settings: VaultSettings):
+    def __init__(self, vault_settings: VaultSettings) -> None:
         self.settings = vault_settings
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, hvac.Client] = {}
 
     @property
     def addr(self) -> str:
         return self.settings.addr
 
-    def client(self, namespace: str = ""):
+    def client(self, namespace: str = "") -> hvac.Client:
         if namespace not in self._clients:
             import hvac
             import requests
@@ -177,7 +183,7 @@ class Vault:
         client = self.client(namespace)
         started = int(time.time())
 
-        def call(which: str):
+        def call(which: str) -> object:
             return client.secrets.aws.generate_credentials(
                 name=role,
                 role_arn=role_arn,
@@ -200,7 +206,15 @@ class Vault:
             response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
         )
 
-    def _parse_issued(self, response, header_namespace, request_path, credential_type, session_name, started) -> Issued:
+    def _parse_issued(
+        self,
+        response: object,
+        header_namespace: str,
+        request_path: str,
+        credential_type: str | None,
+        session_name: str | None,
+        started: int,
+    ) -> Issued:
         if not isinstance(response, dict):
             raise VaultBadResponse(
                 f"{self.addr} answered {request_path} with something that is not Vault's JSON; "
@@ -208,7 +222,9 @@ class Vault:
             )
         lease_id = str(response.get("lease_id") or "")
         namespace = namespace_of_lease(header_namespace, request_path, lease_id)
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = response.get("data")
+        if not isinstance(data, dict):
+            data = {}
         access_key, secret_key = data.get("access_key"), data.get("secret_key")
         token = data.get("session_token") or data.get("security_token") or None
         duration = _int(response.get("lease_duration")) or _int(data.get("ttl"))
@@ -221,6 +237,7 @@ class Vault:
             if lease_id:
                 self.revoke_quietly(lease_id, namespace)
             raise VaultBadResponse(f"Vault's answer for {request_path} {problem}; nothing was recorded or served")
+        assert isinstance(access_key, str) and isinstance(secret_key, str)  # checked above; tells mypy
         credential_type = recorded_type(credential_type, data, token)
         arn = data.get("arn")
         if credential_type == "assumed_role" and isinstance(arn, str) and "/" in arn:
@@ -272,7 +289,7 @@ class Vault:
             raise VaultBadResponse(f"Vault's renewal of {lease_id} carried no lease_duration")
         return duration
 
-    def read_role(self, mount: str, role: str, namespace: str = "") -> dict | None:
+    def read_role(self, mount: str, role: str, namespace: str = "") -> dict[str, Any] | None:
         """An AWS secrets engine role's configuration (GET {mount}/roles/{role}), without issuing;
         None when the mount has no such role. A mount that does not exist raises VaultRejected
         ("no handler for route"); a token without read on it raises VaultDenied."""
@@ -281,7 +298,7 @@ class Vault:
         client = self.client(namespace)
         path = f"/v1/{mount.strip('/')}/roles/{role}"
 
-        def call():
+        def call() -> object:
             try:
                 return client.adapter.get(path)
             except hx.InvalidPath as exc:
@@ -295,14 +312,14 @@ class Vault:
         data = response.get("data") if isinstance(response, dict) else None
         return data if isinstance(data, dict) else {}
 
-    def lookup_self(self) -> dict:
+    def lookup_self(self) -> dict[str, Any]:
         client = self.client("")
         response = self._call("auth/token/lookup-self", client.auth.token.lookup_self, retry_read_timeout=True)
         return response.get("data") or {} if isinstance(response, dict) else {}
 
     # -- retries and error translation -------------------------------------------------------------
 
-    def _call(self, what: str, fn, *, retry_read_timeout: bool):
+    def _call(self, what: str, fn: Callable[[], object], *, retry_read_timeout: bool) -> object:
         import hvac.exceptions as hx
         import requests
 
@@ -361,14 +378,16 @@ class Vault:
             delay = min(delay * 2, 1.0)
 
 
-def _int(value) -> int:
+def _int(value: object) -> int:
+    if not isinstance(value, str | int | float):  # JSON's other values: null, lists, objects
+        return 0
     try:
         return int(value or 0)
     except (TypeError, ValueError):
         return 0
 
 
-def recorded_type(hint: str | None, data: dict, token) -> str:
+def recorded_type(hint: str | None, data: dict[str, Any], token: object) -> str:
     """The credential type the ledger records: what Vault's answer shows, whatever the request
     claimed (a hint only picks the endpoint). A session token means STS; an `arn` means
     assumed_role. federation_token and session_token answers look alike, so there the hint, or
@@ -386,7 +405,7 @@ def _short(exc: BaseException) -> str:
     return one_line(type(exc).__name__ + (f": {exc.args[0]}" if exc.args else ""), 200)
 
 
-def _vault_message(exc) -> str:
+def _vault_message(exc: BaseException) -> str:
     errors = getattr(exc, "errors", None)
     if isinstance(errors, list | tuple) and errors:
         return one_line("; ".join(str(e) for e in errors), 300)

@@ -17,7 +17,7 @@ pass_app = click.make_pass_decorator(App)
 CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token"])
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[int, Any]):
     """A duration such as 900, 900s, 15m, 1h30m, in whole seconds, within a range."""
 
     name = "duration"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from broker.app import App
@@ -69,7 +71,7 @@ def serve(app: App, profile: str, port: int | None) -> int:
     """
     from broker import launch
 
-    return launch.serve(app, profile, port or 0, click.get_text_stream("stdout"))
+    return launch.serve(app, profile, port or 0, sys.stdout)
 
 
 @click.command()

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
@@ -41,10 +41,14 @@ from broker.errors import (
     FleetUnreachable,
     UsageError,
 )
-from broker.fleet.models import HOST_ROLE, RESPONDER_ROLE, VERSION_TABLE, FleetLease
+from broker.fleet.models import FLEET_LEASES, HOST_ROLE, RESPONDER_ROLE, VERSION_TABLE, FleetLease
 from broker.models import Lease, OutboxEntry, Setting
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import URL, Connection, Engine
+
     from broker.app import App
     from broker.settings import Env
 
@@ -101,7 +105,7 @@ def mask_url(raw: str) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def parse_url(raw: str):
+def parse_url(raw: str) -> URL:
     """A SQLAlchemy URL on psycopg 3; `postgresql://` is taken as psycopg 3 too."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -131,16 +135,16 @@ def parse_url(raw: str):
 class FleetLedger:
     """The fleet ledger for one command: an engine (no pool, short timeouts) and the schema check."""
 
-    def __init__(self, raw_url: str, env: Env):
+    def __init__(self, raw_url: str, env: Env) -> None:
         self.raw_url = raw_url
         self.url = parse_url(raw_url)
         self.masked = mask_url(raw_url)
         self._secrets = [s for s in (self.url.password, env.pgpassword) if s]
-        self._engine = None
+        self._engine: Engine | None = None
         self._checked = False
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             from sqlalchemy import create_engine
             from sqlalchemy.pool import NullPool
@@ -195,7 +199,7 @@ class FleetLedger:
         return FleetUnreachable(f"cannot reach the fleet ledger {self.masked}: {reason}")
 
     @contextlib.contextmanager
-    def translated(self, what: str):
+    def translated(self, what: str) -> Iterator[None]:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
@@ -210,7 +214,7 @@ class FleetLedger:
             raise
 
     @contextlib.contextmanager
-    def begin(self, what: str, *, check_schema: bool = True):
+    def begin(self, what: str, *, check_schema: bool = True) -> Iterator[Connection]:
         """A connection in one transaction (committed on success), its errors translated."""
         with self.translated(what), self.engine.begin() as conn:
             if check_schema and not self._checked:
@@ -233,13 +237,14 @@ class FleetLedger:
             self._engine = None
 
 
-def read_revision(conn) -> str | None:
+def read_revision(conn: Connection) -> str | None:
     from sqlalchemy import text
 
     exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": VERSION_TABLE}).scalar()
     if exists is None:
         return None
-    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608
+    revision: str | None = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()  # noqa: S608
+    return revision
 
 
 def check_revision(revision: str | None, masked: str) -> None:
@@ -297,7 +302,7 @@ def init_schema(app: App) -> InitResult:
     return InitResult(ledger.masked, before, SCHEMA_HEAD)
 
 
-def _require_roles(conn, masked: str) -> None:
+def _require_roles(conn: Connection, masked: str) -> None:
     from sqlalchemy import text
 
     found = set(
@@ -327,7 +332,7 @@ class LedgerStatus:
     last_push: int | None
     error: FleetError | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "url": self.url,
             "revision": self.revision,
@@ -353,7 +358,7 @@ def status(app: App) -> LedgerStatus:
     return LedgerStatus(ledger.masked, revision, pending, last_push, error)
 
 
-def local_status(app) -> tuple[int, int | None]:
+def local_status(app: App) -> tuple[int, int | None]:
     with app.transaction(read_only=True) as session:
         pending = session.scalar(select(func.count()).select_from(OutboxEntry)) or 0
         value = session.scalar(select(Setting.value).where(Setting.key == LAST_PUSH_KEY))
@@ -388,15 +393,15 @@ def utc(epoch: int | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
-def _shared_row(lease: Lease) -> dict:
-    row = {name: getattr(lease, name) for name in _PUSHED}
+def _shared_row(lease: Lease) -> dict[str, Any]:
+    row: dict[str, Any] = {name: getattr(lease, name) for name in _PUSHED}
     for name in TIME_COLUMNS:
         row[name] = utc(row[name])
     row["namespace"] = row["namespace"] or ""
     return row
 
 
-def _read_outbox(app, after: int, limit: int) -> list[tuple[OutboxEntry, Lease | None]]:
+def _read_outbox(app: App, after: int, limit: int) -> list[tuple[OutboxEntry, Lease | None]]:
     with app.transaction(read_only=True) as session:
         return list(
             session.execute(
@@ -409,7 +414,7 @@ def _read_outbox(app, after: int, limit: int) -> list[tuple[OutboxEntry, Lease |
         )
 
 
-def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
+def _forget_pushed(app: App, pushed: dict[int, tuple[object, ...]], orphans: list[int]) -> int:
     """Delete the outbox entries of rows PostgreSQL committed, unless the row changed since it was
     read (then it stays queued and goes out with its new state next time)."""
     with app.transaction() as session:
@@ -425,10 +430,10 @@ def _forget_pushed(app, pushed: dict[int, tuple], orphans: list[int]) -> int:
     return len(done)
 
 
-def _upsert(conn, rows: list[dict]) -> None:
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     from sqlalchemy.dialects.postgresql import insert
 
-    stmt = insert(FleetLease.__table__)
+    stmt = insert(FLEET_LEASES)
     stmt = stmt.on_conflict_do_update(
         index_elements=["lease_id", "access_key_id"],
         set_={name: stmt.excluded[name] for name in _MUTABLE},
@@ -512,7 +517,7 @@ class SyncResult:
     pending: int = 0
 
 
-def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
+def sync(app: App, *, background: bool = False, wait: bool = True) -> SyncResult:
     """Drain the outbox into the fleet ledger and pull revocations of this host's leases.
     With wait=False, skip at once (ran=False) if another sync runs; background (after a miss) also
     lowers this process's priority. When PostgreSQL cannot be reached the error propagates and every
@@ -531,7 +536,7 @@ def sync(app, *, background: bool = False, wait: bool = True) -> SyncResult:
         return _sync_locked(app)
 
 
-def sync_before_prune(app) -> SyncResult | None:
+def sync_before_prune(app: App) -> SyncResult | None:
     """`broker prune` first pushes what waits in the outbox (the rows it must keep until then) and
     pulls revocations. PostgreSQL being down is a warning, never a reason not to prune."""
     if not app.ledger_url:
@@ -558,7 +563,7 @@ def _sync_locked(app: App) -> SyncResult:
     return SyncResult(ran=True, pushed=pushed, pulled=pulled, pending=pending)
 
 
-def spawn_background_sync(app) -> bool:
+def spawn_background_sync(app: App) -> bool:
     """After a miss: start `broker ledger sync --background` detached, and never wait for it.
 
     The child gets /dev/null for stdin/stdout/stderr (an SDK waits for the helper's pipes to close),

@@ -11,13 +11,13 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from broker import cache, listing
 from broker.fleet.ledger import COLUMNS, TIME_COLUMNS
-from broker.fleet.models import FleetLease
+from broker.fleet.models import FLEET_LEASES
 from broker.selection import Selection
 
 if TYPE_CHECKING:
     from broker.app import App
 
-FLEET = FleetLease.__table__
+FLEET = FLEET_LEASES
 FLEET_COLUMNS = {c.key: c for c in FLEET.c}
 FLEET_NAME = {"user": "os_user"}  # listing field -> fleet column, where they differ
 

@@ -13,8 +13,9 @@ responder reads every row and may change only the revocation columns; a revoked 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import CheckConstraint, DateTime, Index, MetaData, String, Text, text
+from sqlalchemy import CheckConstraint, DateTime, Index, MetaData, String, Table, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from broker.models import NAMING
@@ -70,3 +71,7 @@ class FleetLease(FleetBase):
         Index("ix_fleet_leases_os_user", "os_user"),
         Index("ix_fleet_leases_issued_at_lease_id", "issued_at", "lease_id"),  # newest first
     )
+
+
+# The Core table (declarative types `__table__` as a FromClause).
+FLEET_LEASES = cast(Table, FleetLease.__table__)
