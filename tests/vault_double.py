@@ -2,8 +2,9 @@
 
 `VaultDouble` is a real HTTP server on 127.0.0.1 that speaks the subset of
 Vault's API the broker uses (see docs/vault-api.md): the AWS secrets engine
-(`{mount}/creds/{role}`, `{mount}/sts/{role}`), `sys/leases/*`,
-`auth/token/lookup-self`, `auth/token/renew-self` and `sys/health`, with
+(`{mount}/creds/{role}`, `{mount}/sts/{role}`, `{mount}/static-creds/{role}`, reads and lists of
+`{mount}/roles/` and `{mount}/static-roles/`), `sys/leases/*`, `auth/token/lookup-self`,
+`auth/token/renew-self` and `sys/health`, with
 Vault's envelopes, error bodies and status codes, namespaces, and a small
 token/ACL model.
 
