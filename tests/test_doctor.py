@@ -7,53 +7,10 @@ import re
 import socket
 import sqlite3
 from pathlib import Path
-from urllib.parse import unquote
 
-import pytest
-
-from tests.support import vault_double as vd
 from tests.support.brokerproc import run_broker
 
 LINE = re.compile(r"(ok  |warn|FAIL) \S.*")
-
-
-@pytest.fixture
-def vault_reads_roles(vault, monkeypatch):
-    """The double has no `{mount}/roles/{role}` read, which doctor uses to check a profile without
-    issuing. Add it here the way Vault answers: the role's configuration for a root or sudo token,
-    403 for other tokens (the double's policies have no read on roles), 404 with no errors for an
-    unknown role on a known mount; an unknown mount falls through to the double's 404 "no handler"."""
-    original = vd.VaultDouble._route
-
-    def route(self, method, split, headers, body):
-        path = re.sub(r"/{2,}", "/", unquote(split.path))
-        if method == "GET" and path.startswith("/v1/") and not self.sealed:
-            ns, rel = self._split_namespace(vd._norm_ns(headers.get("X-Vault-Namespace")), path[len("/v1/") :])
-            parts = rel.split("/")
-            if len(parts) >= 3 and parts[-2] == "roles" and parts[-1]:
-                mount = "/".join(parts[:-2])
-                with self._lock:
-                    mounted = (ns, mount) in self._mounts
-                    role = self._roles.get((ns, mount, parts[-1]))
-                if mounted:
-                    self._require_sudo(self._authenticate(headers))
-                    if role is None:
-                        raise vd._VaultError(404, [])
-                    return vd._Reply(
-                        200,
-                        vd._envelope(
-                            data={
-                                "credential_type": role.credential_type,
-                                "role_arns": role.role_arns,
-                                "default_sts_ttl": role.default_sts_ttl or 0,
-                                "max_sts_ttl": role.max_sts_ttl or 0,
-                            }
-                        ),
-                    )
-        return original(self, method, split, headers, body)
-
-    monkeypatch.setattr(vd.VaultDouble, "_route", route)
-    return vault
 
 
 def add_profile(name: str, *flags: str) -> None:
@@ -80,7 +37,7 @@ def line_for(lines: list[str], text: str) -> str:
     return found[0]
 
 
-def test_doctor_all_well(vault_reads_roles):
+def test_doctor_all_well(vault):
     add_profile("dev", "--mount", "aws", "--role", "deploy", "--credential-type", "assumed_role")
     add_profile("team", "--mount", "aws", "--role", "deploy", "--namespace", "team1")
     assert run_broker("key", "status").returncode == 0
@@ -94,7 +51,7 @@ def test_doctor_all_well(vault_reads_roles):
     assert not os.path.exists(os.path.join(os.environ["XDG_CONFIG_HOME"], "broker", "key"))  # nothing created
 
 
-def test_doctor_reports_missing_roles_and_mounts(vault_reads_roles):
+def test_doctor_reports_missing_roles_and_mounts(vault):
     add_profile("gone", "--mount", "aws", "--role", "nosuch")
     add_profile("nomount", "--mount", "elsewhere", "--role", "deploy")
     add_profile("wrongtype", "--mount", "aws", "--role", "deploy", "--credential-type", "federation_token")
@@ -110,8 +67,8 @@ def test_doctor_reports_missing_roles_and_mounts(vault_reads_roles):
     assert line_for(lines, "profile wrongtype:").startswith("warn ") and "issues assumed_role" in lines[-1]
 
 
-def test_a_token_that_cannot_read_roles_is_a_warning(vault_reads_roles):
-    vault_reads_roles.add_token("limited-token", policies={"creds", "lookup"})
+def test_a_token_that_cannot_read_roles_is_a_warning(vault):
+    vault.add_token("limited-token", policies={"creds", "lookup"})
     add_profile("dev", "--mount", "aws", "--role", "deploy")
     code, lines = doctor({"VAULT_TOKEN": "limited-token"})
     assert code == 0, lines

@@ -706,3 +706,251 @@ def test_main_runs_as_a_process(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+# --------------------------------------------------------------------------- role reads, static roles, MFA
+
+
+def raw(vault: VaultDouble, method: str, path: str, token: str | None = "root-token", **kwargs: Any) -> Any:
+    headers = {"X-Vault-Token": token} if token else {}
+    headers.update(kwargs.pop("headers", {}))
+    kwargs.setdefault("timeout", 10)
+    return requests.request(method, f"{vault.url}/v1/{path}", headers=headers, **kwargs)
+
+
+def test_role_config_read(vault: VaultDouble) -> None:
+    vault.add_role("aws", "limited", "assumed_role", default_sts_ttl=900, max_sts_ttl=7200)
+    vault.add_role("aws", "grp", "iam_user", iam_groups=["devs"], policy_arns=["arn:aws:iam::aws:policy/ReadOnly"])
+    resp = raw(vault, "GET", "aws/roles/limited")
+    assert resp.status_code == 200 and set(resp.json()) == ENVELOPE_KEYS
+    data = resp.json()["data"]
+    assert data["credential_type"] == "assumed_role"
+    assert data["role_arns"] and data["role_arns"][0].startswith("arn:aws:iam::")
+    assert (data["default_sts_ttl"], data["max_sts_ttl"]) == (900, 7200)
+    assert {"policy_arns", "iam_groups", "user_path", "mfa_serial_number", "iam_tags"} <= set(data)
+    grp = raw(vault, "GET", "aws/roles/grp").json()["data"]
+    assert grp["iam_groups"] == ["devs"] and grp["policy_arns"] == ["arn:aws:iam::aws:policy/ReadOnly"]
+    assert grp["user_path"] == "/" and grp["role_arns"] is None and grp["credential_type"] == "iam_user"
+    assert raw(vault, "GET", "aws/roles/deploy", headers={"X-Vault-Namespace": "team1"}).status_code == 200
+
+    missing = raw(vault, "GET", "aws/roles/nosuch")
+    assert missing.status_code == 404 and missing.json() == {"errors": []}
+    assert client(vault).read("aws/roles/nosuch") is None
+    nomount = raw(vault, "GET", "elsewhere/roles/deploy")
+    assert nomount.status_code == 404 and nomount.json() == {
+        "errors": ['no handler for route "elsewhere/roles/deploy"']
+    }
+    listed = raw(vault, "LIST", "aws/roles")
+    assert listed.status_code == 200 and {"ci", "deploy", "fed", "sess", "grp"} <= set(listed.json()["data"]["keys"])
+
+    vault.add_token("plain")  # DEFAULT_POLICIES: no read on roles
+    assert raw(vault, "GET", "aws/roles/deploy", token="plain").status_code == 403
+    assert raw(vault, "GET", "elsewhere/roles/deploy", token="plain").status_code == 403
+    vault.add_token("reader", policies={"roles"})
+    assert raw(vault, "GET", "aws/roles/deploy", token="reader").status_code == 200
+    assert raw(vault, "POST", "aws/roles/deploy", token="reader", json={}).status_code == 405
+    assert vault.issued == []  # reading a role issues nothing
+
+
+def test_static_roles(vault: VaultDouble, moto_server: MotoServer) -> None:
+    user = vault.add_static_role("svc", rotation_period=3600)
+    first = raw(vault, "GET", "aws/static-creds/svc")
+    assert first.status_code == 200
+    body = first.json()
+    assert (body["lease_id"], body["lease_duration"], body["renewable"]) == ("", 0, False)
+    data = body["data"]
+    assert set(data) == {"access_key", "secret_key", "expiration", "last_vault_rotation", "ttl", "rotation_period"}
+    assert data["rotation_period"] == 3600 and 3590 <= data["ttl"] <= 3600
+    assert abs(parse_rfc3339(data["expiration"]) - parse_rfc3339(data["last_vault_rotation"]) - 3600) < 1
+    key = (data["access_key"], data["secret_key"])
+    assert caller_arn(moto_server, key).endswith(f":user/{user}")
+
+    vault.add_token("plain")
+    again = raw(vault, "GET", "aws/static-creds/svc", token="plain").json()["data"]
+    assert (again["access_key"], again["secret_key"]) == key  # the same key for every reader
+    assert vault.live_leases() == set()
+
+    new = vault.rotate_static_role("svc")
+    assert new != key
+    rotated = raw(vault, "GET", "aws/static-creds/svc").json()["data"]
+    assert (rotated["access_key"], rotated["secret_key"]) == new
+    assert caller_arn(moto_server, new).endswith(f":user/{user}")
+    assert_rejected_by_moto(moto_server, key)  # the old key is deleted in moto
+
+    role = raw(vault, "GET", "aws/static-roles/svc").json()["data"]
+    assert role == {"name": "svc", "username": user, "rotation_period": 3600}
+    missing = raw(vault, "GET", "aws/static-creds/nosuch")
+    assert missing.status_code == 404 and missing.json() == {"errors": []}
+    assert raw(vault, "GET", "nomount/static-creds/svc").status_code == 404
+    vault.add_token("lookup-only", policies={"lookup"})
+    assert raw(vault, "GET", "aws/static-creds/svc", token="lookup-only").status_code == 403
+
+
+def test_session_token_role_with_mfa(vault: VaultDouble, moto_server: MotoServer) -> None:
+    serial = "arn:aws:iam::123456789012:mfa/ci"
+    vault.add_role("aws", "mfa", "session_token", mfa_serial_number=serial)
+    assert raw(vault, "GET", "aws/roles/mfa").json()["data"]["mfa_serial_number"] == serial
+    vault.set_mfa_code("mfa", "123456")
+
+    missing = raw(vault, "POST", "aws/sts/mfa", json={})
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0].startswith(
+        "Error generating STS keys: AccessDenied: MultiFactorAuthentication failed, must provide both"
+    )
+    wrong = raw(vault, "POST", "aws/sts/mfa", json={"mfa_code": "000000"})
+    assert wrong.status_code == 400 and "invalid MFA one time pass code" in wrong.json()["errors"][0]
+    assert vault.issued == []
+
+    ok = raw(vault, "POST", "aws/sts/mfa", json={"mfa_code": "123456", "ttl": "15m"})
+    assert ok.status_code == 200
+    body = ok.json()
+    assert re.fullmatch(r"aws/sts/mfa/[A-Za-z0-9]{24}", body["lease_id"]) and body["lease_duration"] == 899
+    assert body["renewable"] is False and body["data"]["security_token"]
+    assert vault.issued[-1].credential_type == "session_token"
+    assert caller_arn(moto_server, creds_of(body))
+    with pytest.raises(ValueError):
+        vault.set_mfa_code("sess", "1")  # no MFA device on that role
+    with pytest.raises(ValueError):
+        vault.add_role("aws", "bad", "assumed_role", mfa_serial_number=serial)
+
+
+# --------------------------------------------------------------------------- identity and request records
+
+
+def test_lookup_self_identity_and_token_ttl(vault: VaultDouble) -> None:
+    accessor = vault.add_token("ci-token", display_name="approle-ci", entity_id="e-123", ttl=1800)
+    me = raw(vault, "GET", "auth/token/lookup-self", token="ci-token").json()["data"]
+    assert me["accessor"] == accessor == vault.token_accessor("ci-token")
+    assert (me["display_name"], me["entity_id"], me["renewable"], me["creation_ttl"]) == (
+        "approle-ci",
+        "e-123",
+        True,
+        1800,
+    )
+    assert 1790 <= me["ttl"] <= 1800 and me["policies"] == ["creds", "lookup", "renew", "revoke"]
+    assert abs(parse_rfc3339(me["expire_time"]) - time.time() - 1800) < 5
+    assert {"id", "path", "meta", "num_uses", "orphan", "creation_time", "issue_time", "type"} <= set(me)
+
+    renewed = raw(vault, "POST", "auth/token/renew-self", token="ci-token", json={"increment": "1h"}).json()
+    assert renewed["auth"]["client_token"] == "ci-token" and renewed["auth"]["entity_id"] == "e-123"
+    assert 3590 <= renewed["auth"]["lease_duration"] <= 3600 and renewed["auth"]["renewable"] is True
+    assert raw(vault, "GET", "auth/token/lookup-self", token="ci-token").json()["data"]["last_renewal"]
+
+    client(vault, token="ci-token").secrets.aws.generate_credentials("ci")
+    assert vault.issued[-1].iam_user_name.startswith("vault-approle-ci-ci-")
+
+    vault.add_token("short", ttl=1, renewable=False)
+    assert raw(vault, "POST", "auth/token/renew-self", token="short").status_code == 400
+    wait_for(lambda: raw(vault, "GET", "auth/token/lookup-self", token="short").status_code == 403, timeout=5)
+    root = raw(vault, "GET", "auth/token/lookup-self").json()["data"]
+    assert (root["display_name"], root["ttl"], root["expire_time"]) == ("root", 0, None)
+
+
+def test_assumed_role_arn_has_motos_account(vault: VaultDouble, moto_server: MotoServer) -> None:
+    account = moto_server.client("sts").get_caller_identity()["Account"]
+    data = client(vault).secrets.aws.generate_credentials("deploy", role_session_name="me")["data"]
+    assert re.fullmatch(rf"arn:aws:sts::{account}:assumed-role/[^/]+/me", data["arn"])
+    assert caller_arn(moto_server, creds_of({"data": data})) == data["arn"]
+
+
+def test_requests_record_tokens_and_headers(vault: VaultDouble) -> None:
+    client(vault).secrets.aws.generate_credentials("deploy")
+    raw(vault, "GET", "sys/health", token=None)
+    raw(vault, "GET", "aws/creds/deploy", token=None, headers={"Authorization": "Bearer other"})
+    assert len(vault.requests) == len(vault.request_tokens) == len(vault.seen) == 3
+    assert vault.request_tokens == ["root-token", "", "other"]
+    first = vault.seen[0]
+    assert (first.method, first.path, first.token) == ("GET", "/v1/aws/creds/deploy", "root-token")
+    assert first.header("x-vault-request") == "true"  # hvac sends it
+    assert vault.seen[1].header("X-Vault-Request") is None
+
+
+# --------------------------------------------------------------------------- latency and body faults
+
+
+def test_set_latency_issues_even_when_the_client_gave_up(vault: VaultDouble) -> None:
+    vault.set_latency(2.0, path_contains="/creds/")
+    start = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        raw(vault, "GET", "aws/creds/ci", timeout=0.5)
+    assert time.monotonic() - start < 2
+    wait_for(lambda: vault.issued, timeout=10)
+    assert len(vault.issued) == 1 and vault.issued[0].lease_id in vault.live_leases()  # issued all the same
+    fast = time.monotonic()
+    raw(vault, "GET", "auth/token/lookup-self")  # other paths are not delayed
+    assert time.monotonic() - fast < 1
+    vault.set_latency(0, path_contains="/creds/")
+    fast = time.monotonic()
+    assert raw(vault, "GET", "aws/creds/deploy").status_code == 200
+    assert time.monotonic() - fast < 1.5
+
+
+def test_drip_fault(vault: VaultDouble) -> None:
+    vault.inject_fault("drip", interval=0.05, path_contains="/creds/")
+    start = time.monotonic()
+    with requests.get(
+        f"{vault.url}/v1/aws/creds/deploy", headers={"X-Vault-Token": "root-token"}, timeout=5, stream=True
+    ) as resp:
+        assert resp.status_code == 200 and time.monotonic() - start < 2  # headers at once
+        first = resp.raw.read(1)
+        assert first == b"{"
+    assert vault.issued and vault.issued[-1].lease_id in vault.live_leases()
+
+    vault.inject_fault("drip", interval=0.01)
+    body = raw(vault, "GET", "auth/token/lookup-self")
+    assert body.status_code == 200 and body.json()["data"]["id"] == "root-token"
+
+    vault.inject_fault("drip", interval=0.8)
+    start = time.monotonic()
+    with requests.get(
+        f"{vault.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": "root-token"}, timeout=1.5, stream=True
+    ) as slow:
+        assert slow.raw.read(4) == b'{"re'  # no ReadTimeout: every byte comes within the 1.5 s read timeout
+    assert time.monotonic() - start >= 2.4
+    with pytest.raises(ValueError):
+        vault.inject_fault("drip", interval=0)
+
+
+def test_redirect_and_huge_faults(vault: VaultDouble) -> None:
+    vault.inject_fault("redirect", location="http://127.0.0.1:9/")
+    resp = raw(vault, "GET", "aws/creds/deploy", params={"ttl": "1h"}, allow_redirects=False)
+    assert resp.status_code == 307
+    assert resp.headers["Location"] == "http://127.0.0.1:9/v1/aws/creds/deploy?ttl=1h"
+    vault.inject_fault("redirect", location="http://elsewhere.invalid/v1/sys/health", status=302)
+    resp = raw(vault, "GET", "aws/creds/deploy", allow_redirects=False)
+    assert resp.status_code == 302 and resp.headers["Location"] == "http://elsewhere.invalid/v1/sys/health"
+    assert vault.issued == []
+    with pytest.raises(ValueError):
+        vault.inject_fault("redirect")
+
+    vault.inject_fault("huge", megabytes=3)
+    big = raw(vault, "GET", "aws/creds/deploy")
+    assert big.status_code == 200 and big.headers["Content-Type"] == "application/json"
+    assert len(big.content) == 3 << 20 and int(big.headers["Content-Length"]) == 3 << 20
+    assert set(big.json()) == ENVELOPE_KEYS
+    assert vault.issued == []
+
+
+# --------------------------------------------------------------------------- sys/leases lookup and list
+
+
+def test_lease_lookup_and_list_as_vault(vault: VaultDouble) -> None:
+    hv = client(vault)
+    lease = hv.secrets.aws.generate_credentials("ci")["lease_id"]
+    sts = hv.secrets.aws.generate_credentials("deploy", endpoint="sts")["lease_id"]
+    data = raw(vault, "PUT", "sys/leases/lookup", json={"lease_id": sts}).json()["data"]
+    assert set(data) == LOOKUP_KEYS and data["id"] == sts and data["renewable"] is False and data["ttl"] > 3500
+
+    listed = raw(vault, "LIST", "sys/leases/lookup/aws/creds/ci/")
+    assert listed.status_code == 200 and listed.json()["data"]["keys"] == [lease.rsplit("/", 1)[1]]
+    assert raw(vault, "LIST", "sys/leases/lookup/aws/").json()["data"]["keys"] == ["creds/", "sts/"]
+    vault.add_token("plain")
+    assert raw(vault, "LIST", "sys/leases/lookup/aws/", token="plain").status_code == 403  # sudo needed
+    assert raw(vault, "GET", "sys/leases/lookup/aws/").status_code == 405  # GET without ?list=true
+
+    hv.sys.revoke_lease(lease)
+    for gone in (lease, "aws/creds/ci/unknown"):
+        looked = raw(vault, "PUT", "sys/leases/lookup", json={"lease_id": gone})
+        assert looked.status_code == 400 and looked.json() == {"errors": ["invalid lease"]}
+    empty = raw(vault, "LIST", "sys/leases/lookup/aws/creds/ci/")
+    assert empty.status_code == 404 and empty.json() == {"errors": []}

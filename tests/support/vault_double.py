@@ -2,8 +2,9 @@
 
 `VaultDouble` is a real HTTP server on 127.0.0.1 that speaks the subset of
 Vault's API the broker uses (see ../shared/docs/vault-api.md): the AWS secrets engine
-(`{mount}/creds/{role}`, `{mount}/sts/{role}`), `sys/leases/*`,
-`auth/token/lookup-self`, `auth/token/renew-self` and `sys/health`, with
+(`{mount}/creds/{role}`, `{mount}/sts/{role}`, `{mount}/static-creds/{role}`, reads and lists of
+`{mount}/roles/` and `{mount}/static-roles/`), `sys/leases/*`, `auth/token/lookup-self`,
+`auth/token/renew-self` and `sys/health`, with
 Vault's envelopes, error bodies and status codes, namespaces, and a small
 token/ACL model.
 
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_POLICIES",
     "FAULT_KINDS",
     "Issued",
+    "SeenRequest",
     "VaultDouble",
     "aws_admin_credentials",
     "aws_client",
@@ -69,14 +71,18 @@ log = logging.getLogger(__name__)
 CREDENTIAL_TYPES = ("iam_user", "assumed_role", "federation_token", "session_token")
 STS_TYPES = frozenset({"assumed_role", "federation_token", "session_token"})
 DEFAULT_POLICIES = frozenset({"creds", "lookup", "renew", "revoke"})
-ALL_POLICIES = frozenset({"creds", "lookup", "renew", "revoke"})
-FAULT_KINDS = ("hang", "malformed", "html", "missing_access_key", "reset")
+# "roles": read (and list) on {mount}/roles/* and {mount}/static-roles/*; not in DEFAULT_POLICIES, like
+# Vault's default policy, which has no read on a secrets engine's role configuration.
+ALL_POLICIES = frozenset({"creds", "lookup", "renew", "revoke", "roles"})
+FAULT_KINDS = ("hang", "malformed", "html", "missing_access_key", "reset", "drip", "redirect", "huge")
 TOKEN_FIELDS = ("security_token", "session_token", "both")
 
 DEFAULT_STS_TTL = 3600
 MIN_STS_TTL = 900  # AWS DurationSeconds minimum for AssumeRole/GetFederationToken/GetSessionToken
 MIN_AWS_USER_ROLLBACK_AGE = 300.0  # Vault's minAwsUserRollbackAge (5 min)
 HANG_MAX_SECONDS = 30.0
+DRIP_MAX_SECONDS = 120.0  # a "drip" answer is cut off (connection closed) after this long
+LATENCY_MAX_SECONDS = 60.0  # set_latency() delays are capped here
 MAX_BODY_BYTES = 1 << 20
 _PROBE_HEADER = "X-Vault-Double-Probe"
 AWS_REGION = "us-east-1"
@@ -128,6 +134,24 @@ class Issued:
     arn: str | None = None  # AssumedRoleUser ARN for assumed_role
 
 
+@dataclasses.dataclass(frozen=True)
+class SeenRequest:
+    """One client request as the double received it (see VaultDouble.seen)."""
+
+    method: str
+    path: str  # URL path as sent, e.g. "/v1/aws/creds/ci"
+    token: str  # X-Vault-Token, else the Authorization: Bearer token, else ""
+    headers: dict[str, str]  # every header, names as sent (last value wins)
+    at: float  # time.time() when the request line was read
+
+    def header(self, name: str) -> str | None:
+        """A header's value by case-insensitive name."""
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
 @dataclasses.dataclass
 class _Role:
     namespace: str
@@ -140,6 +164,41 @@ class _Role:
     legacy: bool
     iam_lease_ttl: int
     iam_max_ttl: int
+    policy_arns: list[str] = dataclasses.field(default_factory=list)
+    iam_groups: list[str] = dataclasses.field(default_factory=list)
+    user_path: str = "/"
+    mfa_serial_number: str = ""
+    mfa_code: str | None = None  # the one code the fake MFA device accepts (set_mfa_code)
+
+    def config(self) -> dict[str, Any]:
+        """`GET {mount}/roles/{name}` data, keys as Vault's awsRoleEntry.toResponseData (nil lists -> null)."""
+        return {
+            "credential_type": self.credential_type,
+            "role_arns": list(self.role_arns) or None,
+            "policy_arns": list(self.policy_arns) or None,
+            "policy_document": "",
+            "iam_groups": list(self.iam_groups) or None,
+            "iam_tags": None,
+            "default_sts_ttl": int(self.default_sts_ttl or 0),
+            "max_sts_ttl": int(self.max_sts_ttl or 0),
+            "user_path": self.user_path if self.credential_type == "iam_user" else "",
+            "permissions_boundary_arn": "",
+            "mfa_serial_number": self.mfa_serial_number,
+            "session_tags": None,
+            "external_id": "",
+        }
+
+
+@dataclasses.dataclass
+class _StaticRole:
+    namespace: str
+    mount: str
+    name: str
+    username: str
+    rotation_period: int
+    access_key: str
+    secret_key: str
+    last_rotation: float
 
 
 @dataclasses.dataclass
@@ -166,6 +225,15 @@ class _Token:
     root: bool
     accessor: str
     creation_time: float
+    display_name: str = "token"
+    entity_id: str = ""
+    ttl: int = 0  # 0: never expires
+    renewable: bool = False
+    expire_time: float | None = None
+    last_renewal: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expire_time is not None and self.expire_time <= now
 
 
 @dataclasses.dataclass
@@ -173,6 +241,10 @@ class _Fault:
     kind: str | int
     remaining: int
     path_contains: str
+    interval: float = 1.0  # drip: seconds between bytes
+    location: str = ""  # redirect: Location base URL
+    size: int = 0  # huge: body bytes
+    status: int = 307  # redirect status
 
 
 class _VaultError(Exception):
@@ -609,6 +681,9 @@ class VaultDouble:
         self.prefix_revoke_calls: list[str] = []  # prefixes sent to revoke-prefix / revoke-force
         self.expired: list[str] = []  # leases ended by expire_lease() or lazy expiry
         self.requests: list[tuple[str, str]] = []
+        # parallel to `requests`: the token each request carried ("" for none) and the full record
+        self.request_tokens: list[str] = []
+        self.seen: list[SeenRequest] = []
         self.internal_errors: list[str] = []  # tracebacks of bugs in the double (answered 500)
         # state
         self._lock = threading.RLock()
@@ -620,6 +695,8 @@ class VaultDouble:
         self._ns_ids: dict[str, str] = {}
         self._leases: dict[str, _Lease] = {}
         self._faults: list[_Fault] = []
+        self._latencies: dict[str, float] = {}  # path_contains -> seconds (set_latency)
+        self._static_roles: dict[tuple[str, str, str], _StaticRole] = {}
         self._pending_roles: list[_Role] = []
         self._aws: _Aws | None = None
         self._server: _Server | None = None
@@ -633,6 +710,7 @@ class VaultDouble:
             root=True,
             accessor=_random_base62(24),
             creation_time=time.time(),
+            display_name="root",
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -699,20 +777,50 @@ class VaultDouble:
 
     # ------------------------------------------------------------------ configuration
 
-    def add_token(self, token: str, *, policies: Iterable[str] = DEFAULT_POLICIES, sudo: bool = False) -> None:
+    def add_token(
+        self,
+        token: str,
+        *,
+        policies: Iterable[str] = DEFAULT_POLICIES,
+        sudo: bool = False,
+        display_name: str = "token",
+        entity_id: str = "",
+        ttl: int = 0,
+        renewable: bool | None = None,
+    ) -> str:
+        """Register a service token; returns its accessor.
+
+        `ttl` > 0 gives it an expiry (lookup-self shows `ttl`/`expire_time`; an expired token gets 403)
+        and makes it renewable unless `renewable=False`; renew-self then extends it by `ttl` (or the
+        increment asked for). `display_name` and `entity_id` show in lookup-self, renew-self's auth block
+        and (display_name) the iam_user user names, as Vault's do.
+        """
         policies = frozenset(policies)
         unknown = policies - ALL_POLICIES
         if unknown:
             raise ValueError(f"unknown policies {sorted(unknown)}; known: {sorted(ALL_POLICIES)}")
+        now = time.time()
+        record = _Token(
+            token=token,
+            policies=policies,
+            sudo=sudo,
+            root=False,
+            accessor=_random_base62(24),
+            creation_time=now,
+            display_name=display_name,
+            entity_id=entity_id,
+            ttl=int(ttl),
+            renewable=bool(ttl > 0) if renewable is None else bool(renewable),
+            expire_time=now + ttl if ttl > 0 else None,
+        )
         with self._lock:
-            self._tokens[token] = _Token(
-                token=token,
-                policies=policies,
-                sudo=sudo,
-                root=False,
-                accessor=_random_base62(24),
-                creation_time=time.time(),
-            )
+            self._tokens[token] = record
+        return record.accessor
+
+    def token_accessor(self, token: str) -> str:
+        """The accessor of a known token (KeyError if unknown)."""
+        with self._lock:
+            return self._tokens[token].accessor
 
     def revoke_token(self, token: str) -> None:
         with self._lock:
@@ -731,7 +839,13 @@ class VaultDouble:
         legacy: bool = False,
         iam_lease_ttl: int = 3600,
         iam_max_ttl: int = 86400,
+        policy_arns: list[str] | None = None,
+        iam_groups: list[str] | None = None,
+        user_path: str = "/",
+        mfa_serial_number: str = "",
     ) -> None:
+        """Create (or replace) a dynamic role. `mfa_serial_number` (session_token roles) makes issuing
+        require the `mfa_code` set with set_mfa_code(). The other extras only show in `GET .../roles/`."""
         if credential_type not in CREDENTIAL_TYPES:
             raise ValueError(f"credential_type must be one of {CREDENTIAL_TYPES}, not {credential_type!r}")
         mount = _norm_ns(mount)
@@ -749,7 +863,13 @@ class VaultDouble:
             legacy=legacy,
             iam_lease_ttl=int(iam_lease_ttl),
             iam_max_ttl=int(iam_max_ttl),
+            policy_arns=list(policy_arns or []),
+            iam_groups=list(iam_groups or []),
+            user_path=user_path,
+            mfa_serial_number=mfa_serial_number,
         )
+        if mfa_serial_number and credential_type != "session_token":
+            raise ValueError("mfa_serial_number is only valid for session_token roles")
         if credential_type == "assumed_role" and not role.role_arns:
             if self._aws is not None:
                 self._materialise_role(role)
@@ -768,7 +888,112 @@ class VaultDouble:
         arn = self._aws.ensure_role(f"vault-double-{slug}"[:64])
         role.role_arns = [arn]
 
-    def inject_fault(self, kind: str | int, count: int = 1, path_contains: str = "") -> None:
+    def set_mfa_code(self, role: str, code: str | None, *, mount: str = "aws", namespace: str = "") -> None:
+        """The TOTP code the MFA device of session_token `role` accepts (None: accept nothing)."""
+        with self._lock:
+            found = self._roles[(_norm_ns(namespace), _norm_ns(mount), role)]
+            if not found.mfa_serial_number:
+                raise ValueError(f"role {role!r} has no mfa_serial_number")
+            found.mfa_code = code
+
+    def add_static_role(
+        self,
+        name: str,
+        *,
+        mount: str = "aws",
+        namespace: str = "",
+        rotation_period: int = 3600,
+        username: str | None = None,
+    ) -> str:
+        """A static role (Vault 1.14+ `static-roles/{name}`) backed by a real moto IAM user and key.
+
+        Creates the IAM user (default name `vault-static-{name}`) with an allow-all inline policy and
+        one access key; `GET {mount}/static-creds/{name}` hands the same key to every reader until
+        rotate_static_role(). Needs a started double. Returns the IAM user name.
+        """
+        if self._aws is None:
+            raise RuntimeError("add_static_role needs a started VaultDouble")
+        mount, namespace = _norm_ns(mount), _norm_ns(namespace)
+        if not mount or not name or "/" in name:
+            raise ValueError("mount must be non-empty and name must be a single path segment")
+        if rotation_period < 1:
+            raise ValueError("rotation_period must be >= 1 second")
+        user = username or f"vault-static-{name}"[:64]
+        access_key, secret_key = self._aws.create_iam_user(user)
+        role = _StaticRole(
+            namespace=namespace,
+            mount=mount,
+            name=name,
+            username=user,
+            rotation_period=int(rotation_period),
+            access_key=access_key,
+            secret_key=secret_key,
+            last_rotation=time.time(),
+        )
+        with self._lock:
+            self._static_roles[(namespace, mount, name)] = role
+            self._mounts.add((namespace, mount))
+            parts = namespace.split("/") if namespace else []
+            for i in range(1, len(parts) + 1):
+                self._namespaces.add("/".join(parts[:i]))
+        return user
+
+    def rotate_static_role(self, name: str, *, mount: str = "aws", namespace: str = "") -> tuple[str, str]:
+        """Rotate a static role like Vault does: a new access key in moto, then the old one deleted.
+
+        Returns the new (access_key, secret_key).
+        """
+        assert self._aws is not None
+        with self._lock:
+            role = self._static_roles[(_norm_ns(namespace), _norm_ns(mount), name)]
+        new = self._aws.iam.create_access_key(UserName=role.username)["AccessKey"]
+        old = role.access_key
+        with self._lock:
+            role.access_key, role.secret_key = new["AccessKeyId"], new["SecretAccessKey"]
+            role.last_rotation = time.time()
+        self._aws.iam.delete_access_key(UserName=role.username, AccessKeyId=old)
+        return role.access_key, role.secret_key
+
+    def set_latency(self, seconds: float, *, path_contains: str = "") -> None:
+        """Delay the answer to every request whose path contains `path_contains` by `seconds`.
+
+        Unlike `latency` (which waits before handling), the request is carried out first and only the
+        answer waits: a credential asked for is issued, and its lease exists, even when the client gave
+        up before the answer came. `seconds <= 0` removes the delay for that `path_contains`. Capped at
+        LATENCY_MAX_SECONDS; stop() releases waiting answers.
+        """
+        with self._lock:
+            if seconds <= 0:
+                self._latencies.pop(path_contains, None)
+            else:
+                self._latencies[path_contains] = min(float(seconds), LATENCY_MAX_SECONDS)
+
+    def inject_fault(
+        self,
+        kind: str | int,
+        count: int = 1,
+        path_contains: str = "",
+        *,
+        interval: float = 1.0,
+        location: str = "",
+        megabytes: float = 1.0,
+        status: int = 307,
+    ) -> None:
+        """Make the next `count` requests whose path contains `path_contains` fail as `kind`.
+
+        kind: an HTTP status (answered with Vault's error body for it), or
+          "hang"      read the request, answer nothing (released after HANG_MAX_SECONDS or by stop());
+          "malformed" 200 with truncated JSON; "html" 200 with a captive-portal HTML page;
+          "missing_access_key" the real answer (credential issued) without data.access_key;
+          "reset"     TCP reset instead of an answer;
+          "drip"      the real answer (credential issued), headers at once, then the body one byte
+                      every `interval` seconds (cut off after DRIP_MAX_SECONDS; stop() ends it);
+          "redirect"  `status` (307) with `Location`: `location` plus the request's path and query when
+                      `location` has no path of its own (as a standby redirects to the active node),
+                      else `location` as given; nothing is issued;
+          "huge"      200, Content-Type application/json, a valid envelope `megabytes` MB long; nothing
+                      is issued.
+        """
         if isinstance(kind, bool) or not isinstance(kind, (int, str)):
             raise TypeError("kind must be an HTTP status int or one of " + ", ".join(FAULT_KINDS))
         if isinstance(kind, int) and not 100 <= kind <= 599:
@@ -777,12 +1002,28 @@ class VaultDouble:
             raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS} or an int status")
         if count < 1:
             raise ValueError("count must be >= 1")
+        if kind == "redirect" and not location:
+            raise ValueError("a redirect fault needs location=")
+        if kind == "drip" and interval <= 0:
+            raise ValueError("interval must be > 0")
         with self._lock:
-            self._faults.append(_Fault(kind=kind, remaining=int(count), path_contains=path_contains))
+            self._faults.append(
+                _Fault(
+                    kind=kind,
+                    remaining=int(count),
+                    path_contains=path_contains,
+                    interval=float(interval),
+                    location=location,
+                    size=int(megabytes * (1 << 20)),
+                    status=int(status),
+                )
+            )
 
     def clear_faults(self) -> None:
+        """Drop pending faults and every set_latency() delay."""
         with self._lock:
             self._faults.clear()
+            self._latencies.clear()
 
     # ------------------------------------------------------------------ observation / time
 
@@ -865,8 +1106,17 @@ class VaultDouble:
         if h.headers.get(_PROBE_HEADER):  # start()'s readiness probe: not a client request
             self._send(h, method, _Reply(200, {"ok": True}))
             return
+        seen = SeenRequest(
+            method=method,
+            path=split.path,
+            token=self._raw_token(h.headers),
+            headers={k: v for k, v in h.headers.items()},
+            at=time.time(),
+        )
         with self._lock:
             self.requests.append((method, split.path))
+            self.request_tokens.append(seen.token)
+            self.seen.append(seen)
         try:
             body = _read_body(h)
         except _VaultError as exc:
@@ -878,8 +1128,8 @@ class VaultDouble:
         if self.latency > 0:
             self._stop_event.wait(min(self.latency, HANG_MAX_SECONDS))
         fault = self._take_fault(split.path)
-        if fault is not None and fault.kind != "missing_access_key":
-            self._apply_fault(h, method, fault, split.path)
+        if fault is not None and fault.kind not in ("missing_access_key", "drip"):
+            self._apply_fault(h, method, fault, split)
             return
         try:
             reply = self._route(method, split, h.headers, body)
@@ -890,6 +1140,12 @@ class VaultDouble:
                 self.internal_errors.append(traceback.format_exc())
             log.exception("vault double internal error")
             reply = _Reply(500, {"errors": ["internal error"]})
+        delay = self._latency_for(split.path)
+        if delay > 0:  # the work is done (lease registered); only the answer waits
+            self._stop_event.wait(delay)
+        if fault is not None and fault.kind == "drip":
+            self._send_drip(h, method, reply, fault.interval)
+            return
         if fault is not None:  # missing_access_key
             if reply.status == 200 and isinstance(reply.payload, dict):
                 data = reply.payload.get("data")
@@ -901,6 +1157,11 @@ class VaultDouble:
                 reply = _Reply(200, _envelope(data={}))
         self._send(h, method, reply)
 
+    def _latency_for(self, path: str) -> float:
+        with self._lock:
+            matching = [seconds for needle, seconds in self._latencies.items() if needle in path]
+        return max(matching, default=0.0)
+
     def _take_fault(self, path: str) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -911,8 +1172,9 @@ class VaultDouble:
                     return fault
         return None
 
-    def _apply_fault(self, h: _Handler, method: str, fault: _Fault, path: str) -> None:
+    def _apply_fault(self, h: _Handler, method: str, fault: _Fault, split: Any) -> None:
         kind = fault.kind
+        path = split.path
         if isinstance(kind, int):
             if kind == 429:
                 errors = [f'request path "{path.removeprefix("/v1/")}": rate limit quota exceeded']
@@ -938,6 +1200,67 @@ class VaultDouble:
             self._send(h, method, _Reply(200, content_type="text/html; charset=utf-8", raw=raw))
         elif kind == "reset":
             self._reset(h)
+        elif kind == "redirect":
+            target = urlsplit(fault.location)
+            location = fault.location
+            if target.path in ("", "/"):
+                location = fault.location.rstrip("/") + split.path + (f"?{split.query}" if split.query else "")
+            try:
+                h.send_response(fault.status)
+                h.send_header("Cache-Control", "no-store")
+                h.send_header("Location", location)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+            except OSError:
+                h.close_connection = True
+        elif kind == "huge":
+            self._send_huge(h, method, fault.size)
+
+    @staticmethod
+    def _send_huge(h: _Handler, method: str, size: int) -> None:
+        head = json.dumps(_envelope(data={"padding": ""}))
+        prefix, _, suffix = head.partition('"padding": ""')
+        prefix_b = (prefix + '"padding": "').encode()
+        suffix_b = ('"' + suffix).encode()
+        pad = max(size - len(prefix_b) - len(suffix_b), 0)
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(prefix_b) + pad + len(suffix_b)))
+            h.end_headers()
+            if method == "HEAD":
+                return
+            h.wfile.write(prefix_b)
+            chunk = b"x" * 65536
+            left = pad
+            while left > 0:
+                n = min(left, len(chunk))
+                h.wfile.write(chunk[:n])
+                left -= n
+            h.wfile.write(suffix_b)
+        except OSError:
+            h.close_connection = True
+
+    def _send_drip(self, h: _Handler, method: str, reply: _Reply, interval: float) -> None:
+        body = reply.raw if reply.raw is not None else json.dumps(reply.payload).encode() if reply.payload else b""
+        deadline = time.monotonic() + DRIP_MAX_SECONDS
+        try:
+            h.send_response(reply.status)
+            h.send_header("Cache-Control", "no-store")
+            h.send_header("Content-Type", reply.content_type)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.flush()
+            if method == "HEAD":
+                return
+            for i in range(len(body)):
+                h.wfile.write(body[i : i + 1])
+                h.wfile.flush()
+                if i + 1 < len(body) and (self._stop_event.wait(interval) or time.monotonic() >= deadline):
+                    break
+        except OSError:
+            pass
+        h.close_connection = True
 
     @staticmethod
     def _reset(h: _Handler) -> None:
@@ -1035,8 +1358,29 @@ class VaultDouble:
             return _Reply(200, _envelope(data=self._token_data(token)))
         if rel == "auth/token/renew-self":
             self._allow(method, ("POST", "PUT"))
-            return _Reply(200, _envelope(auth=self._token_auth(token)))
+            return self._renew_self(token, params.get("increment"))
         parts = rel.split("/")
+        config_kind = parts[-2] if len(parts) >= 3 else ""
+        if config_kind in ("roles", "static-roles"):
+            listing = method == "LIST" and parts[-1] == ""
+            mount = "/".join(parts[:-2])
+            if listing or parts[-1]:
+                with self._lock:
+                    mounted = (ns, mount) in self._mounts
+                self._require(token, "roles")
+                if not mounted:
+                    raise _VaultError(404, [f'no handler for route "{rel}"'])
+                self._allow(method, ("GET", "LIST"))
+                return self._role_config(ns, mount, parts[-2], "" if listing else parts[-1])
+        if len(parts) >= 3 and parts[-2] == "static-creds" and parts[-1]:
+            mount = "/".join(parts[:-2])
+            with self._lock:
+                mounted = (ns, mount) in self._mounts
+            self._require(token, "creds")
+            if not mounted:
+                raise _VaultError(404, [f'no handler for route "{rel}"'])
+            self._allow(method, ("GET",))
+            return self._static_creds(ns, mount, parts[-1])
         if len(parts) >= 3 and parts[-2] in ("creds", "sts") and parts[-1]:
             mount = "/".join(parts[:-2])
             with self._lock:
@@ -1054,15 +1398,20 @@ class VaultDouble:
         if method not in allowed:
             raise _VaultError(405, ["unsupported operation"])
 
-    def _authenticate(self, headers: Any) -> _Token:
+    @staticmethod
+    def _raw_token(headers: Any) -> str:
         raw = headers.get("X-Vault-Token") or ""
         if not raw:
             auth = headers.get("Authorization") or ""
             if auth.lower().startswith("bearer "):
                 raw = auth[7:].strip()
+        return raw
+
+    def _authenticate(self, headers: Any) -> _Token:
+        raw = self._raw_token(headers)
         with self._lock:
             token = self._tokens.get(raw) if raw else None
-        if token is None:
+        if token is None or token.expired(time.time()):
             raise _VaultError(403, ["permission denied"])
         return token
 
@@ -1123,14 +1472,19 @@ class VaultDouble:
             return ["root"]
         return sorted(token.policies | ({"sudo"} if token.sudo else set()))
 
+    @staticmethod
+    def _token_ttl(token: _Token, now: float) -> int:
+        return 0 if token.expire_time is None else max(int(token.expire_time - now), 0)
+
     def _token_data(self, token: _Token) -> dict[str, Any]:
-        return {
+        now = time.time()
+        data = {
             "accessor": token.accessor,
             "creation_time": int(token.creation_time),
-            "creation_ttl": 0,
-            "display_name": "root" if token.root else "token",
-            "entity_id": "",
-            "expire_time": None,
+            "creation_ttl": token.ttl,
+            "display_name": token.display_name,
+            "entity_id": token.entity_id,
+            "expire_time": rfc3339(token.expire_time),
             "explicit_max_ttl": 0,
             "id": token.token,
             "issue_time": rfc3339(token.creation_time),
@@ -1139,10 +1493,14 @@ class VaultDouble:
             "orphan": True,
             "path": "auth/token/root" if token.root else "auth/token/create",
             "policies": self._token_policies(token),
-            "renewable": False,
-            "ttl": 0,
+            "renewable": token.renewable,
+            "ttl": self._token_ttl(token, now),
             "type": "service",
         }
+        if token.last_renewal is not None:
+            data["last_renewal"] = rfc3339(token.last_renewal)
+            data["last_renewal_time"] = int(token.last_renewal)
+        return data
 
     def _token_auth(self, token: _Token) -> dict[str, Any]:
         policies = self._token_policies(token)
@@ -1153,14 +1511,66 @@ class VaultDouble:
             "token_policies": policies,
             "identity_policies": None,
             "metadata": None,
-            "lease_duration": 0,
-            "renewable": False,
-            "entity_id": "",
+            "lease_duration": self._token_ttl(token, time.time()),
+            "renewable": token.renewable,
+            "entity_id": token.entity_id,
             "token_type": "service",
             "orphan": True,
             "mfa_requirement": None,
             "num_uses": 0,
         }
+
+    def _renew_self(self, token: _Token, increment_raw: Any) -> _Reply:
+        """Vault: a non-expiring token renews as a no-op; a non-renewable one with a TTL -> 400."""
+        if token.expire_time is not None:
+            if not token.renewable:
+                raise _VaultError(400, ["lease is not renewable"])
+            increment = parse_duration(increment_raw, "increment") or token.ttl
+            now = time.time()
+            with self._lock:
+                token.expire_time = now + increment
+                token.last_renewal = now
+        return _Reply(200, _envelope(auth=self._token_auth(token)))
+
+    # ------------------------------------------------------------------ role configuration, static roles
+
+    def _role_config(self, ns: str, mount: str, kind: str, name: str) -> _Reply:
+        with self._lock:
+            if kind == "roles":
+                table: dict[tuple[str, str, str], Any] = self._roles
+            else:
+                table = self._static_roles
+            if not name:
+                keys = sorted(n for (r_ns, r_mount, n) in table if (r_ns, r_mount) == (ns, mount))
+                if not keys:
+                    raise _VaultError(404, [])
+                return _Reply(200, _envelope(data={"keys": keys}))
+            role = table.get((ns, mount, name))
+            if role is None:
+                raise _VaultError(404, [])
+            if kind == "roles":
+                return _Reply(200, _envelope(data=role.config()))
+            return _Reply(
+                200,
+                _envelope(data={"name": role.name, "username": role.username, "rotation_period": role.rotation_period}),
+            )
+
+    def _static_creds(self, ns: str, mount: str, name: str) -> _Reply:
+        with self._lock:
+            role = self._static_roles.get((ns, mount, name))
+            if role is None:
+                raise _VaultError(404, [])  # Vault: no stored credentials -> nil response
+            now = time.time()
+            expiration = role.last_rotation + role.rotation_period
+            data = {
+                "access_key": role.access_key,
+                "secret_key": role.secret_key,
+                "expiration": rfc3339(expiration),
+                "last_vault_rotation": rfc3339(role.last_rotation),
+                "rotation_period": role.rotation_period,
+                "ttl": max(int(expiration - now), 0),
+            }
+        return _Reply(200, _envelope(data=data))
 
     # ------------------------------------------------------------------ AWS engine
 
@@ -1196,7 +1606,7 @@ class VaultDouble:
             )
         assert self._aws is not None, "VaultDouble.start() was not called"
         request_path = f"{mount}/{endpoint}/{role_name}"
-        display = "root" if token.root else "token"
+        display = token.display_name
         if ctype == "iam_user":
             return self._issue_iam_user(ns, role, request_path, display)
         return self._issue_sts(ns, role, request_path, params, display)
@@ -1295,6 +1705,9 @@ class VaultDouble:
                     f"- minimum field value of {MIN_STS_TTL}, {op}Input.DurationSeconds.\n"
                 ],
             )
+        mfa: dict[str, str] = {}
+        if ctype == "session_token" and role.mfa_serial_number:
+            mfa = self._check_mfa(role, str(params.get("mfa_code") or ""))
         arn: str | None = None
         try:
             if ctype == "assumed_role":
@@ -1307,7 +1720,7 @@ class VaultDouble:
                     self._aws.sts.get_federation_token(Name=fed_name, DurationSeconds=ttl, Policy=_ALLOW_ALL)
                     backing_session = fed_name
                 else:
-                    self._aws.sts.get_session_token(DurationSeconds=ttl)
+                    self._aws.sts.get_session_token(DurationSeconds=ttl, **mfa)
                     backing_session = f"vault-session-{_random_base62(18)}"
                 # moto answers GetFederationToken/GetSessionToken with one fixed
                 # example key that its own auth rejects; mint unique, working
@@ -1367,6 +1780,24 @@ class VaultDouble:
             200,
             _envelope(lease_id=lease_id, renewable=False, lease_duration=0 if no_lease else duration, data=data),
         )
+
+    @staticmethod
+    def _check_mfa(role: _Role, code: str) -> dict[str, str]:
+        """What AWS answers GetSessionToken for a user whose policy demands MFA, as Vault relays it (400)."""
+
+        def denied(message: str) -> _VaultError:
+            return _VaultError(
+                400,
+                [f"Error generating STS keys: AccessDenied: {message}\n\tstatus code: 403, request id: {uuid.uuid4()}"],
+            )
+
+        if not code:
+            raise denied(
+                "MultiFactorAuthentication failed, must provide both MFA serial number and one time pass code."
+            )
+        if role.mfa_code is None or not secrets.compare_digest(code, role.mfa_code):
+            raise denied("MultiFactorAuthentication failed with invalid MFA one time pass code.")
+        return {"SerialNumber": role.mfa_serial_number, "TokenCode": code}
 
     @staticmethod
     def _aws_error(prefix: str, exc: Exception) -> _VaultError:
