@@ -19,7 +19,7 @@ Hit = tuple[int, str, bytes, int, int]
 
 # The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
 # of migrations/versions; db.py refuses databases whose revision it does not know.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 # The cache rule. botocore re-runs credential_process on every request once less than 15 minutes
 # remain, and STS credentials may live only 15 minutes, so: reuse a credential while at least

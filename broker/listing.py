@@ -38,10 +38,20 @@ PUBLIC_COLUMNS = [
     "expires_at",
     "state",
     "revoked_at",
+    "revoked_by",
+    "revoke_error",
+    "end_reason",
+    # the Vault identity of the token that asked, and the AWS principal
+    "display_name",
+    "entity_id",
+    "token_accessor",
+    "token_policies",
+    "account_id",
+    "principal_arn",
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
-# The table adds how long each active credential has left.
-TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", *PUBLIC_COLUMNS[10:]]
+# The table: the first ten, how long each active credential has left, the state and when revoked.
+TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at"]
 TABLE_HEADERS = {
     "lease_id": "LEASE ID",
     "profile": "PROFILE",
@@ -140,7 +150,7 @@ def _where(selection: Selection, now: int) -> list[ColumnElement[bool]]:
 
 
 def _table_widths(app: App, selection: Selection, now: int) -> dict[str, int]:
-    text_columns = [c for c in PUBLIC_COLUMNS if c not in TIME_COLUMNS and c != "state"]
+    text_columns = [c for c in TABLE_COLUMNS if c in PUBLIC_COLUMNS and c not in (*TIME_COLUMNS, "state")]
     query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(*_where(selection, now))
     with app.transaction(read_only=True) as session:
         maxima = session.execute(query).one()

@@ -36,6 +36,7 @@ class Profile(Base):
     role_session_name: Mapped[str | None] = mapped_column(String(64))
     credential_type: Mapped[str | None] = mapped_column(String(32))
     region: Mapped[str | None] = mapped_column(String(32))
+    account_id: Mapped[str | None] = mapped_column(String(12))  # the AWS account, when the user says
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
@@ -74,6 +75,15 @@ class Lease(Base):
     secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     host: Mapped[str] = mapped_column(Text)
     os_user: Mapped[str] = mapped_column(Text)
+    sealed_token: Mapped[bytes | None] = mapped_column(LargeBinary)  # the session token, sealed on its own
+    # The Vault identity of the token that asked (auth/token/lookup-self), and the AWS principal.
+    display_name: Mapped[str | None] = mapped_column(Text)
+    entity_id: Mapped[str | None] = mapped_column(Text)
+    token_accessor: Mapped[str | None] = mapped_column(Text)
+    token_policies: Mapped[str | None] = mapped_column(Text)  # comma-separated
+    account_id: Mapped[str | None] = mapped_column(String(12))
+    principal_arn: Mapped[str | None] = mapped_column(Text)
+    end_reason: Mapped[str | None] = mapped_column(Text)  # why the lease ended outside broker (reconcile)
 
     __table_args__ = (
         Index("ix_leases_cache_key_expires_at", "cache_key", "expires_at"),
@@ -81,6 +91,8 @@ class Lease(Base):
         Index("ix_leases_mount_role", "mount", "role"),
         Index("ix_leases_profile", "profile"),
         Index("ix_leases_lease_id", "lease_id"),
+        Index("ix_leases_access_key_id", "access_key_id"),
+        Index("ix_leases_issued_at", "issued_at"),
     )
 
 
@@ -101,6 +113,22 @@ class Intent(Base):
     started_at: Mapped[int] = mapped_column(BigInteger)
     pid: Mapped[int] = mapped_column(Integer)
     host: Mapped[str] = mapped_column(Text)
+
+
+class TokenIdentity(Base):
+    """What auth/token/lookup-self said of a token, keyed by a hash of the Vault address and the
+    token (never the token itself), so each token is looked up once."""
+
+    __tablename__ = "token_identities"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vault_addr: Mapped[str] = mapped_column(Text)
+    accessor: Mapped[str | None] = mapped_column(Text)
+    display_name: Mapped[str | None] = mapped_column(Text)
+    entity_id: Mapped[str | None] = mapped_column(Text)
+    policies: Mapped[str | None] = mapped_column(Text)
+    looked_up_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class OutboxEntry(Base):

@@ -82,6 +82,15 @@ def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault
         "state",
         "revoked_at",
         "revoked_by",
+        "revoke_error",
+        "end_reason",
+        "display_name",
+        "entity_id",
+        "token_accessor",
+        "token_policies",
+        "account_id",
+        "principal_arn",
+        "db_user",
     ]
     by_host = desk.broker("leases", "--fleet", "--host", "host-b", "--role", "deploy", "--format", "csv")
     parsed = list(csv.DictReader(io.StringIO(by_host.stdout)))

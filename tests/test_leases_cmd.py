@@ -40,8 +40,17 @@ def test_the_whitelist_is_the_issue_s_columns_and_nothing_secret():
         "expires_at",
         "state",
         "revoked_at",
+        "revoked_by",
+        "revoke_error",
+        "end_reason",
+        "display_name",
+        "entity_id",
+        "token_accessor",
+        "token_policies",
+        "account_id",
+        "principal_arn",
     ]
-    assert not {"secret", "cache_key", "revoke_error"} & set(listing.TABLE_COLUMNS)
+    assert not {"secret", "sealed_token", "cache_key", "revoke_error"} & set(listing.TABLE_COLUMNS)
 
 
 @pytest.mark.parametrize("fmt,expected", [("json", "[]\n"), ("csv", ",".join(listing.PUBLIC_COLUMNS) + "\n")])

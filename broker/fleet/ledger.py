@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 # The shared schema this code reads and writes, and every revision it knows (oldest first).
 # tests/test_fleet_ledger.py checks both against migrations/fleet/versions.
-SCHEMA_HEAD = "f001"
-KNOWN_REVISIONS = ("f001",)
+SCHEMA_HEAD = "f002"
+KNOWN_REVISIONS = ("f001", "f002")
 
 CONNECT_TIMEOUT_SECONDS = 3  # libpq's minimum is 2
 STATEMENT_TIMEOUT_MS = 15_000
@@ -74,9 +74,9 @@ RETRY_AFTER_KEY = "fleet.retry_after"
 BACKOFF_SECONDS = 30
 
 # The public fields of a fleet row, in output order (json/csv carry every one of them): the local
-# listing's, plus who pushed the row, from which Vault, and who revoked it.
+# listing's, plus the host and OS user a row names, its Vault, and the login that pushed it.
 _PUBLIC = listing.PUBLIC_COLUMNS
-COLUMNS = [_PUBLIC[0], "host", "user", *_PUBLIC[1:8], "vault_addr", *_PUBLIC[8:], "revoked_by"]
+COLUMNS = [_PUBLIC[0], "host", "user", *_PUBLIC[1:8], "vault_addr", *_PUBLIC[8:], "db_user"]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
 
 
@@ -367,7 +367,7 @@ def local_status(app: App) -> tuple[int, int | None]:
 
 # -- push: the outbox to PostgreSQL ------------------------------------------------------------------
 
-# Local Lease columns that make up a shared row; the last four may change after the first push.
+# Local Lease columns that make up a shared row; those in _MUTABLE may change after the first push.
 _PUSHED = (
     "lease_id",
     "access_key_id",
@@ -385,8 +385,15 @@ _PUSHED = (
     "revoked_by",
     "host",
     "os_user",
+    "display_name",
+    "entity_id",
+    "token_accessor",
+    "token_policies",
+    "account_id",
+    "principal_arn",
+    "end_reason",
 )
-_MUTABLE = ("expires_at", "state", "revoked_at", "revoked_by")
+_MUTABLE = ("expires_at", "state", "revoked_at", "revoked_by", "end_reason")
 
 
 def utc(epoch: int | None) -> datetime | None:

@@ -57,6 +57,13 @@ class FleetLease(FleetBase):
     revoke_error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str] = mapped_column(Text)
     os_user: Mapped[str] = mapped_column(Text)
+    display_name: Mapped[str | None] = mapped_column(Text)
+    entity_id: Mapped[str | None] = mapped_column(Text)
+    token_accessor: Mapped[str | None] = mapped_column(Text)
+    token_policies: Mapped[str | None] = mapped_column(Text)
+    account_id: Mapped[str | None] = mapped_column(String(12))
+    principal_arn: Mapped[str | None] = mapped_column(Text)
+    end_reason: Mapped[str | None] = mapped_column(Text)
     # The PostgreSQL role that pushed the row; row-level security keys a host's rights on it.
     db_user: Mapped[str] = mapped_column(Text, server_default=text("CURRENT_USER"))
     updated_at: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=text("now()"))
@@ -70,6 +77,10 @@ class FleetLease(FleetBase):
         Index("ix_fleet_leases_host", "host"),
         Index("ix_fleet_leases_os_user", "os_user"),
         Index("ix_fleet_leases_issued_at_lease_id", "issued_at", "lease_id"),  # newest first
+        Index("ix_fleet_leases_access_key_id", "access_key_id"),
+        Index("ix_fleet_leases_role_session_name", "role_session_name"),
+        Index("ix_fleet_leases_entity_id", "entity_id"),
+        Index("ix_fleet_leases_role_issued_at", "role", "issued_at"),
     )
 
 
