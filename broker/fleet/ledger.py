@@ -42,7 +42,7 @@ from broker.errors import (
     UsageError,
 )
 from broker.fleet.models import FLEET_LEASES, HOST_ROLE, RESPONDER_ROLE, VERSION_TABLE, FleetLease
-from broker.models import Lease, OutboxEntry, Setting
+from broker.models import LEASES, Lease, OutboxEntry, Setting
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -367,32 +367,9 @@ def local_status(app: App) -> tuple[int, int | None]:
 
 # -- push: the outbox to PostgreSQL ------------------------------------------------------------------
 
-# Local Lease columns that make up a shared row; those in _MUTABLE may change after the first push.
-_PUSHED = (
-    "lease_id",
-    "access_key_id",
-    "vault_addr",
-    "namespace",
-    "mount",
-    "role",
-    "profile",
-    "credential_type",
-    "role_session_name",
-    "issued_at",
-    "expires_at",
-    "state",
-    "revoked_at",
-    "revoked_by",
-    "host",
-    "os_user",
-    "display_name",
-    "entity_id",
-    "token_accessor",
-    "token_policies",
-    "account_id",
-    "principal_arn",
-    "end_reason",
-)
+# Local Lease columns that make up a shared row: every column the two tables share, except
+# revoke_error (on a fleet row, the responder's); those in _MUTABLE may change after the first push.
+_PUSHED = tuple(name for name in FLEET_LEASES.c.keys() if name in LEASES.c and name != "revoke_error")
 _MUTABLE = ("expires_at", "state", "revoked_at", "revoked_by", "end_reason")
 
 
