@@ -3,7 +3,6 @@
 import sqlite3
 import subprocess
 import sys
-import textwrap
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
