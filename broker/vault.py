@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 3.0  # seconds per request: the Rust SDK gives a credential helper 5 s in all
+# An issuance may take Vault several IAM calls in a row (more across a region or under load), and a
+# request given up on may still have minted a credential: its worker waits like the vault CLI (60 s).
+DEFAULT_ISSUE_TIMEOUT = 60.0
 DEFAULT_RETRY_SECONDS = 2.0  # total time spent retrying connection errors, 429, 502 and 503
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
 
@@ -59,6 +62,7 @@ class VaultSettings:
     timeout: float
     retry_seconds: float
     token_source: str = "VAULT_TOKEN"  # noqa: S105 - where the token came from, not a token
+    issue_timeout: float = DEFAULT_ISSUE_TIMEOUT
 
     @classmethod
     def from_env(cls, env: settings.Env) -> VaultSettings:
@@ -78,6 +82,7 @@ class VaultSettings:
             verify=verify,
             cert=(env.client_cert, env.client_key) if env.client_cert and env.client_key else None,
             timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_TIMEOUT),
+            issue_timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_ISSUE_TIMEOUT),
             retry_seconds=_env_seconds("BROKER_VAULT_RETRY_SECONDS", env.vault_retry_seconds, DEFAULT_RETRY_SECONDS),
             token_source=token_source,
         )
@@ -135,14 +140,16 @@ class Vault:
 
     def __init__(self, vault_settings: VaultSettings) -> None:
         self.settings = vault_settings
-        self._clients: dict[str, hvac.Client] = {}
+        self._clients: dict[tuple[str, float], hvac.Client] = {}
 
     @property
     def addr(self) -> str:
         return self.settings.addr
 
-    def client(self, namespace: str = "") -> hvac.Client:
-        if namespace not in self._clients:
+    def client(self, namespace: str = "", timeout: float | None = None) -> hvac.Client:
+        """The hvac client for `namespace`, whose requests time out after `timeout` (default: settings.timeout)."""
+        timeout = timeout or self.settings.timeout
+        if (namespace, timeout) not in self._clients:
             import hvac
             import requests
 
@@ -154,16 +161,16 @@ class Vault:
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 log.info("TLS certificate verification is off for %s (VAULT_SKIP_VERIFY)", self.settings.addr)
             session.trust_env = False  # no HTTP(S)_PROXY detours for a loopback agent
-            self._clients[namespace] = hvac.Client(
+            self._clients[namespace, timeout] = hvac.Client(
                 url=self.settings.addr,
                 token=self.settings.token,
                 namespace=namespace or None,
                 verify=self.settings.verify,
                 cert=self.settings.cert,
-                timeout=self.settings.timeout,
+                timeout=timeout,
                 session=session,
             )
-        return self._clients[namespace]
+        return self._clients[namespace, timeout]
 
     # -- the calls -------------------------------------------------------------------------------
 
@@ -180,7 +187,8 @@ class Vault:
         credential_type: str | None,
     ) -> Issued:
         """Mint one credential. A read timeout is not retried: Vault may have issued already."""
-        client = self.client(namespace)
+        timeout = self.settings.issue_timeout
+        client = self.client(namespace, timeout)
         started = int(time.time())
 
         def call(which: str) -> object:
@@ -195,13 +203,13 @@ class Vault:
 
         what = f"{mount}/{endpoint}/{role}"
         try:
-            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
+            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
         except VaultRejected as exc:
             if "legacy role" not in str(exc) or credential_type:
                 raise
             endpoint = "sts" if endpoint == "creds" else "creds"  # a legacy role fixes the path
             what = f"{mount}/{endpoint}/{role}"
-            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
+            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
         return self._parse_issued(
             response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
         )
@@ -319,7 +327,9 @@ class Vault:
 
     # -- retries and error translation -------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], object], *, retry_read_timeout: bool) -> object:
+    def _call(
+        self, what: str, fn: Callable[[], object], *, retry_read_timeout: bool, timeout: float | None = None
+    ) -> object:
         import hvac.exceptions as hx
         import requests
 
@@ -336,8 +346,9 @@ class Vault:
             except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if not retry_read_timeout:
                     raise VaultTimeout(
-                        f"Vault at {self.addr} did not answer {what} within {self.settings.timeout:g}s "
-                        f"(not retried: Vault may have issued; set BROKER_VAULT_TIMEOUT to wait longer)"
+                        f"Vault at {self.addr} did not answer {what} within {timeout or self.settings.timeout:g}s "
+                        "(not retried: Vault may have issued; `broker reconcile --vault-list` finds such a "
+                        "lease; BROKER_VAULT_TIMEOUT sets the wait)"
                     ) from None
                 error: VaultError = VaultUnreachable(f"Vault at {self.addr} did not answer {what}: {_short(exc)}")
             except requests.exceptions.InvalidURL:
