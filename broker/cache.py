@@ -53,9 +53,13 @@ WAITER_MIN_REMAINING = 2
 
 
 def reusable(started_at: int, expires_at: int, now: float) -> bool:
-    """True while the credential has enough life left to be served without issuing a new one."""
+    """True while the credential has enough life left to be served without issuing a new one.
+    One that lives under two minutes can never keep a minute: it is reused while a quarter of its
+    life (at least WAITER_MIN_REMAINING) remains, so a short role costs about one issuance per lease."""
     remaining = expires_at - now
     lifetime = expires_at - started_at
+    if lifetime < 2 * MIN_REMAINING:
+        return remaining >= max(WAITER_MIN_REMAINING, lifetime // 4)
     return remaining >= max(MIN_REMAINING, min(REFRESH_WINDOW, lifetime // 2))
 
 
