@@ -320,6 +320,58 @@ class Vault:
         data = response.get("data") if isinstance(response, dict) else None
         return data if isinstance(data, dict) else {}
 
+    def lookup(self, lease_id: str, namespace: str = "") -> dict[str, Any] | None:
+        """What Vault knows of a lease (PUT sys/leases/lookup: id, issue_time, expire_time, ttl,
+        renewable), or None when Vault does not know it (400 "invalid lease": revoked or expired)."""
+        import hvac.exceptions as hx
+
+        client = self.client(namespace)
+
+        def call() -> object:
+            try:
+                return client.sys.read_lease(lease_id)
+            except hx.InvalidRequest as exc:
+                if any("invalid lease" in str(e) for e in (getattr(exc, "errors", None) or [])):
+                    return None
+                raise
+
+        response = self._call(f"sys/leases/lookup {lease_id}", call, retry_read_timeout=True)
+        if response is None:
+            return None
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            raise VaultBadResponse(f"Vault's lookup of {lease_id} carried no data")
+        return data
+
+    def list_leases(self, prefix: str, namespace: str = "") -> list[str]:
+        """Every lease id Vault holds under `prefix` (LIST sys/leases/lookup/<prefix>, a sudo path),
+        walking sub-prefixes; empty when there are none (404)."""
+        import hvac.exceptions as hx
+
+        client = self.client(namespace)
+        found: list[str] = []
+        pending = [prefix.strip("/") + "/"]
+        while pending:
+            current = pending.pop()
+
+            def call(current: str = current) -> object:
+                try:
+                    return client.adapter.list(f"/v1/sys/leases/lookup/{urllib.parse.quote(current)}")
+                except hx.InvalidPath:
+                    return None
+
+            response = self._call(f"LIST sys/leases/lookup/{current}", call, retry_read_timeout=True)
+            data = response.get("data") if isinstance(response, dict) else None
+            keys = data.get("keys") if isinstance(data, dict) else None
+            for key in keys if isinstance(keys, list) else []:
+                if not isinstance(key, str) or not key or ".." in key or key.startswith("/"):
+                    continue  # untrusted: only plain path segments
+                if key.endswith("/"):
+                    pending.append(current + key)
+                else:
+                    found.append(current + key)
+        return sorted(found)
+
     def lookup_self(self) -> dict[str, Any]:
         client = self.client("")
         response = self._call("auth/token/lookup-self", client.auth.token.lookup_self, retry_read_timeout=True)

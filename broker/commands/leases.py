@@ -175,3 +175,40 @@ def renew(app: App, lease_ids: tuple[str, ...], profile: str | None, all_leases:
     output.render_report(report, "table")
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(report.results)} renewals failed (see above)")
+
+
+@click.command(name="reconcile")
+@click.option(
+    "--vault-list",
+    is_flag=True,
+    help="Also list Vault's live leases under every mount/role the ledger has seen (a sudo path) and "
+    "report those no ledger row explains.",
+)
+@click.option("--revoke-unknown", is_flag=True, help="Revoke the leases --vault-list finds (implies --vault-list).")
+@click.option("--dry-run", is_flag=True, help="Report only: mark nothing, revoke nothing.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask before --revoke-unknown (required when stdin is not a terminal)."
+)
+@format_option(choices=("table", "json"), help="Report format.")
+@pass_app
+def reconcile(app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, yes: bool, fmt: str) -> None:
+    """Check the ledger against Vault: mark rows Vault no longer knows as ended (with the reason),
+    and with --vault-list find leases Vault holds that the ledger lacks (killed issuances, by hand)."""
+    import json
+
+    from broker import reconcile as reconciling
+
+    if revoke_unknown and not (yes or dry_run or sys.stdin.isatty()):
+        raise UsageError("stdin is not a terminal: add --yes to revoke, or --dry-run to see what would be revoked")
+    confirm = None if (yes or dry_run) else (lambda text: click.confirm(text, abort=True, err=True))
+    report = reconciling.reconcile(app, vault_list=vault_list, revoke=revoke_unknown, dry_run=dry_run, confirm=confirm)
+    if fmt == "json":
+        click.echo(json.dumps(reconciling.report_dict(report), indent=2))
+    else:
+        for line in reconciling.render_table(report):
+            click.echo(line)
+    if report.failed:
+        raise PartialFailure(
+            f"{len(report.failed)} reconcile operation(s) failed, first: {report.failed[0]}; "
+            "run the same command again to resume"
+        )
