@@ -63,6 +63,7 @@ class VaultSettings:
     retry_seconds: float
     token_source: str = "VAULT_TOKEN"  # noqa: S105 - where the token came from, not a token
     issue_timeout: float = DEFAULT_ISSUE_TIMEOUT
+    addr_source: str = "VAULT_ADDR"  # where addr came from (settings.Env.vault_addr_source), for messages
 
     @classmethod
     def from_env(cls, env: settings.Env) -> VaultSettings:
@@ -85,6 +86,7 @@ class VaultSettings:
             issue_timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_ISSUE_TIMEOUT),
             retry_seconds=_env_seconds("BROKER_VAULT_RETRY_SECONDS", env.vault_retry_seconds, DEFAULT_RETRY_SECONDS),
             token_source=token_source,
+            addr_source=env.vault_addr_source,
         )
 
 
@@ -268,7 +270,7 @@ class Vault:
     def revoke(self, lease_id: str, namespace: str = "") -> None:
         """Revoke one lease (Vault answers 204 for unknown and already-revoked leases too)."""
         client = self.client(namespace)
-        self._call(f"sys/leases/revoke {lease_id}", lambda: client.sys.revoke_lease(lease_id), retry_read_timeout=True)
+        self._call("sys/leases/revoke", lambda: client.sys.revoke_lease(lease_id), retry_read_timeout=True)
 
     def revoke_quietly(self, lease_id: str, namespace: str = "") -> bool:
         try:
@@ -407,11 +409,12 @@ class Vault:
                 raise UsageError(f"VAULT_ADDR {self.addr!r} is not a usable URL") from None
             except requests.exceptions.SSLError as exc:
                 raise VaultUnreachable(
-                    f"TLS with Vault at {self.addr} failed ({_short(exc)}); check VAULT_CACERT/VAULT_CAPATH"
+                    f"TLS with Vault at {self.addr} ({self._where()}) failed: {tls_cause(exc)}"
                 ) from None
             except requests.exceptions.ConnectionError:
                 error = VaultUnreachable(
-                    f"cannot connect to Vault at {self.addr}; is it running and is VAULT_ADDR right?"
+                    f"cannot connect to Vault at {self.addr} ({self._where()}); "
+                    "is it running and is that the right address?"
                 )
             except requests.exceptions.RequestException as exc:
                 raise VaultUnreachable(f"request to Vault at {self.addr} failed: {_short(exc)}") from None
@@ -422,9 +425,7 @@ class Vault:
             except hx.BadGateway as exc:
                 error = VaultError(f"Vault at {self.addr} answered 502 for {what}: {_vault_message(exc)}")
             except hx.Forbidden:
-                raise VaultDenied(
-                    f"Vault at {self.addr} denied {what} (403 permission denied); check VAULT_TOKEN and its policies"
-                ) from None
+                raise VaultDenied(self._denied(what)) from None
             except hx.InvalidRequest as exc:
                 raise VaultRejected(f"Vault rejected {what}: {_vault_message(exc)}") from None
             except hx.InvalidPath as exc:
@@ -439,6 +440,40 @@ class Vault:
             log.info("%s; retrying in %.1fs", error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _where(self) -> str:
+        source = self.settings.addr_source
+        return "the default address: VAULT_ADDR is unset" if source.startswith("the default") else f"from {source}"
+
+    def _denied(self, what: str) -> str:
+        if self.settings.token is None:
+            return (
+                f"permission denied (403) on {what} at Vault {self.addr}: no token was sent (VAULT_TOKEN unset, "
+                "no ~/.vault-token); set VAULT_TOKEN, run `vault login`, or point VAULT_AGENT_ADDR at an agent"
+            )
+        return (
+            f"permission denied (403) on {what} at Vault {self.addr}; check the token from "
+            f"{self.settings.token_source} and its policies"
+        )
+
+
+def tls_cause(exc: BaseException) -> str:
+    """What went wrong in a TLS handshake, in words, with OpenSSL's own reason in full."""
+    import re
+
+    text = " ".join(str(exc).split())
+    reasons = re.findall(r"\[SSL: [A-Z0-9_]+\] [^'\")(]*?(?=\s*\(_ssl|'|\"|\)|$)", text)
+    reason = reasons[-1].strip() if reasons else text.rsplit(": ", 1)[-1][:300]
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer failure" in text:
+        return f"the server did not answer TLS: is it a plain http:// listener? ({reason})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        if "hostname" in text.lower() or "match" in text.lower():
+            return f"the certificate is not for this host name ({reason})"
+        return (
+            f"the server's certificate is signed by a CA broker does not trust ({reason}); "
+            "point VAULT_CACERT or VAULT_CAPATH at that CA"
+        )
+    return f"{reason}; check VAULT_CACERT/VAULT_CAPATH and VAULT_CLIENT_CERT/VAULT_CLIENT_KEY"
 
 
 def _int(value: object) -> int:

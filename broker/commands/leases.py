@@ -149,9 +149,14 @@ def revoke(
     output.render_report(report, fmt)
     if report.failed:
         raise PartialFailure(
-            f"{len(report.failed)} of {len(report.results)} revocations failed; "
-            f"the rows stay active with the error recorded; run the same command again to retry"
+            f"{len(report.failed)} of {len(report.results)} revocations failed: {_reason(report.failed[0].error)}; "
+            "the rows stay active with the error recorded; run the same command again to retry"
         )
+
+
+def _reason(error: str | None) -> str:
+    """The cause of a failed revocation, without the address and advice that follow it."""
+    return (error or "unknown error").split(" at Vault ", 1)[0]
 
 
 @click.command(name="renew")
