@@ -325,9 +325,8 @@ def scenario_convoy(workdir: Path, _double: Double | None, processes: int = 25, 
     try:
         vault.add_role("aws", "short", "iam_user", iam_lease_ttl=10, iam_max_ttl=10)
         vault.set_latency(0.2, path_contains="creds/")
-        env = environment(
-            workdir, type("D", (), {"info": {"vault_addr": vault.url, "token": vault.root_token}})(), "convoy"
-        )
+        here = types.SimpleNamespace(info={"vault_addr": vault.url, "token": vault.root_token})
+        env = environment(workdir, here, "convoy")  # the in-process double, as a Double
         broker = broker_command()
         for name in ("short-a", "short-b"):
             run_ok(broker + ["profile", "add", name, "--mount", "aws", "--role", "short"], env)
