@@ -260,15 +260,15 @@ def issue_detached(app: App, request: IssueRequest, *, store_secret: bool) -> Cr
         os._exit(0)
     os.close(answer_write)
     os.close(log_write)
-    text = _await_worker(answer_read, log_read, wait)
-    if text is None:
+    answer = _await_worker(answer_read, log_read, wait)
+    if answer is None:
         raise IssuanceInBackground(
             f"no credential within BROKER_WAIT={wait:g}s: Vault has not answered {request.describe()} yet; "
             f"the issuance goes on in the background (worker pid {pid}) and records the lease when Vault "
             "answers, so the next call gets it from the cache"
         )
     os.waitpid(pid, 0)
-    return _from_worker(text)
+    return _from_worker(answer)
 
 
 def _detach_stdio(log_fd: int) -> None:

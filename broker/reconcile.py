@@ -103,7 +103,7 @@ _MARK_ENDED = (
 
 
 def _mark_ended(app: App, results: Sequence[Result], by: str) -> None:
-    ended = [
+    ended: list[dict[str, Any]] = [
         {"row": r.target.row_id, "at": r.at, "by": by, "reason": r.error}
         for r in results
         if r.outcome == "ended" and r.target.row_id is not None
