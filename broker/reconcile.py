@@ -19,6 +19,7 @@ that fails part-way (exit 8) is resumed by running it again.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ReconcileReport:
     at: int
     dry_run: bool
     vault_list: bool
+    fleet: bool = False
     checked: list[Result] = field(default_factory=list)  # outcome: live | ended | failed
     unknown: list[Unknown] = field(default_factory=list)
     unknown_results: list[Result] = field(default_factory=list)  # outcome: revoked | would_revoke | failed
@@ -119,14 +121,27 @@ def _mark_ended(app: App, results: Sequence[Result], by: str) -> None:
 
 def check_rows(app: App, report: ReconcileReport, vaults: VaultPool, workers: int) -> None:
     now = report.at
-    targets = [
-        t for t in bulk.local_targets(app, [Lease.state == "active", Lease.lease_id != "", Lease.expires_at > now], now)
-    ]
     by = f"reconcile by {settings.actor(app.env)}"
+    if report.fleet:
+        from sqlalchemy import func
+
+        from broker.fleet import revoke as fleet_revoke
+        from broker.fleet.listing import FLEET
+
+        conditions = [FLEET.c.state == "active", FLEET.c.lease_id != "", FLEET.c.expires_at > func.now()]
+        targets = fleet_revoke.active_targets(app.fleet, conditions, app.env.vault_addr)
+
+        def mark(batch: list[Result]) -> None:
+            fleet_revoke.mark_ended(app.fleet, batch, by)
+    else:
+        targets = bulk.local_targets(app, [Lease.state == "active", Lease.lease_id != "", Lease.expires_at > now], now)
+
+        def mark(batch: list[Result]) -> None:
+            _mark_ended(app, batch, by)
 
     def on_result(batch: list[Result]) -> None:
         if not report.dry_run:
-            _mark_ended(app, batch, by)
+            mark(batch)
         report.checked.extend(batch)
 
     bulk.run_concurrently(targets, _lookup_action(now), vaults, workers, on_result)
@@ -151,11 +166,21 @@ def _mount_of(lease_id: str, role: str, mount: str) -> str:
     return mount.strip("/")
 
 
-def places_seen(app: App) -> tuple[list[Place], set[str], list[Any]]:
-    """Every (Vault, namespace, mount, role) the ledger has seen; every lease id it records; open intents."""
+def places_seen(app: App, fleet: bool = False) -> tuple[list[Place], set[str], list[Any]]:
+    """Every (Vault, namespace, mount, role) the ledger has seen; every lease id it records; open
+    intents. With `fleet`: the fleet ledger's too, at the configured Vault (as `revoke --fleet`)."""
     places: set[Place] = set()
+    known: set[str] = set()
+    if fleet:
+        from broker.fleet import revoke as fleet_revoke
+
+        known, seen = fleet_revoke.known_places(app.fleet)
+        for ns, mount, role, lease_id in seen:
+            places.add(Place(app.env.vault_addr, ns, _mount_of(lease_id, role, mount), role))
+        if not os.path.exists(app.db_path):
+            return sorted(places, key=lambda p: (p.vault_addr, p.namespace, p.mount, p.role)), known, []
     with app.transaction(read_only=True) as session:
-        known = {str(x) for x in session.scalars(select(Lease.lease_id).where(Lease.lease_id != ""))}
+        known |= {str(x) for x in session.scalars(select(Lease.lease_id).where(Lease.lease_id != ""))}
         for addr, ns, mount, role, lease_id in session.execute(
             select(Lease.vault_addr, Lease.namespace, Lease.mount, Lease.role, Lease.lease_id).distinct()
         ):
@@ -202,7 +227,7 @@ def _match_intent(intents: list[Any], used: set[int], place: Place, endpoint: st
 
 
 def find_unknown(app: App, report: ReconcileReport, vaults: VaultPool) -> None:
-    places, known, intents = places_seen(app)
+    places, known, intents = places_seen(app, report.fleet)
     used: set[int] = set()
     for place in places:
         vault = vaults.get(place.vault_addr)
@@ -297,8 +322,9 @@ def reconcile(
     revoke: bool = False,
     dry_run: bool = False,
     confirm: Confirm | None = None,
+    fleet: bool = False,
 ) -> ReconcileReport:
-    report = ReconcileReport(at=int(time.time()), dry_run=dry_run, vault_list=vault_list or revoke)
+    report = ReconcileReport(at=int(time.time()), dry_run=dry_run, vault_list=vault_list or revoke, fleet=fleet)
     vaults = VaultPool.from_env(app.env)  # checks VAULT_ADDR & co. before anything changes
     workers = bulk.concurrency(app.env)
     check_rows(app, report, vaults, workers)
@@ -315,19 +341,20 @@ def reconcile(
 # -- rendering ---------------------------------------------------------------------------------------------
 
 
-def _row(result: Result) -> dict[str, Any]:
+def _row(result: Result, fleet: bool) -> dict[str, Any]:
     t = result.target
-    return {**t.public(), "result": result.outcome, "reason": result.error}
+    return {**t.public(fleet=fleet), "result": result.outcome, "reason": result.error}
 
 
 def report_dict(report: ReconcileReport) -> dict[str, Any]:
     outcome = {r.target: r for r in report.unknown_results}
     return {
         "command": "reconcile",
+        "fleet": report.fleet,
         "dry_run": report.dry_run,
         "at": cache.iso_utc(report.at),
         "summary": report.summary(),
-        "checked": [_row(r) for r in report.checked],
+        "checked": [_row(r, report.fleet) for r in report.checked],
         "unknown": [
             {
                 "lease_id": u.target.lease_id,

@@ -195,8 +195,13 @@ def renew(app: App, lease_ids: tuple[str, ...], profile: str | None, all_leases:
     "--yes", "-y", is_flag=True, help="Do not ask before --revoke-unknown (required when stdin is not a terminal)."
 )
 @format_option(choices=("table", "json"), help="Report format.")
+@click.option(
+    "--fleet", "fleet_wide", is_flag=True, help="Check every host's rows in the fleet ledger (a responder login)."
+)
 @pass_app
-def reconcile(app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, yes: bool, fmt: str) -> None:
+def reconcile(
+    app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, yes: bool, fmt: str, fleet_wide: bool
+) -> None:
     """Check the ledger against Vault: mark rows Vault no longer knows as ended (with the reason),
     and with --vault-list find leases Vault holds that the ledger lacks (killed issuances, by hand)."""
     import json
@@ -206,7 +211,9 @@ def reconcile(app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, y
     if revoke_unknown and not (yes or dry_run or sys.stdin.isatty()):
         raise UsageError("stdin is not a terminal: add --yes to revoke, or --dry-run to see what would be revoked")
     confirm = None if (yes or dry_run) else (lambda text: click.confirm(text, abort=True, err=True))
-    report = reconciling.reconcile(app, vault_list=vault_list, revoke=revoke_unknown, dry_run=dry_run, confirm=confirm)
+    report = reconciling.reconcile(
+        app, vault_list=vault_list, revoke=revoke_unknown, dry_run=dry_run, confirm=confirm, fleet=fleet_wide
+    )
     if fmt == "json":
         click.echo(json.dumps(reconciling.report_dict(report), indent=2))
     else:
