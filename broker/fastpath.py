@@ -91,10 +91,9 @@ def serve(argv: list[str]) -> int | None:
             key = _cache_key(conn, env, options)
             if key is None:
                 return None
-            newest = cache.newest_row(conn)
             answer = _answer(conn, env, key)
-            if answer is None:
-                answer = _wait_for_issuance(conn, env, path, key, newest)
+            if answer is None:  # noted after the miss: a hit costs one profile and one lease query
+                answer = _wait_for_issuance(conn, env, path, key, cache.newest_row(conn))
                 if answer is None:
                     return None
         finally:
