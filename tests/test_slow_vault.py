@@ -58,6 +58,9 @@ def test_a_caller_killed_mid_issuance_leaves_a_recorded_lease(deploy, db_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # the issuance has begun once its worker wrote the intent row (a loaded machine may take a while
+    # to start Python); the caller dies 2 s into it
+    wait_for(lambda: rows(db_path, "SELECT pid FROM intents"), timeout=60, interval=0.05)
     time.sleep(2)
     os.killpg(caller.pid, signal.SIGKILL)  # the caller's whole group, as a terminal's hang-up would
     caller.wait(timeout=10)
