@@ -44,6 +44,13 @@ class App:
 
         if not self.ledger_url:
             raise UsageError("no fleet ledger configured: give --ledger-url URL or set BROKER_LEDGER_URL")
+        try:
+            import psycopg  # noqa: F401 - the optional driver, checked here so its absence is one clear line
+        except ImportError:
+            raise UsageError(
+                "a fleet ledger URL is set but its PostgreSQL driver (psycopg 3) is not installed: "
+                "install the fleet extra, pip install 'vault-lease-broker[fleet]'"
+            ) from None
         return FleetLedger(self.ledger_url, self.env)
 
     def close(self) -> None:

@@ -44,10 +44,22 @@ HIT_QUERY = (
 )
 
 
+NEWEST_ROW_QUERY = "SELECT COALESCE(MAX(id), 0) FROM leases"
+
+# A process that waited on the issuance lock takes the credential that issuance recorded (a row
+# newer than its wait) while at least this many seconds remain, whatever the reuse rule says:
+# otherwise leases shorter than two minutes would be issued once per waiter (a convoy).
+WAITER_MIN_REMAINING = 2
+
+
 def reusable(started_at: int, expires_at: int, now: float) -> bool:
-    """True while the credential has enough life left to be served without issuing a new one."""
+    """True while the credential has enough life left to be served without issuing a new one.
+    One that lives under two minutes can never keep a minute: it is reused while a quarter of its
+    life (at least WAITER_MIN_REMAINING) remains, so a short role costs about one issuance per lease."""
     remaining = expires_at - now
     lifetime = expires_at - started_at
+    if lifetime < 2 * MIN_REMAINING:
+        return remaining >= max(WAITER_MIN_REMAINING, lifetime // 4)
     return remaining >= max(MIN_REMAINING, min(REFRESH_WINDOW, lifetime // 2))
 
 
@@ -75,9 +87,11 @@ def endpoint_for(credential_type: str | None, ttl: int | None, role_arn: str | N
     return "creds"
 
 
-def cache_key(vault_addr: str, namespace: str, request: RequestFields) -> str:
+def cache_key(vault_addr: str, namespace: str, request: RequestFields, profile: str | None = None) -> str:
     """Requests with equal keys may share a cached credential. A generated (unique) session name is
-    not part of the request, so it does not split the cache; one the user chose does."""
+    not part of the request, so it does not split the cache; one the user chose does. The profile
+    is part of the key: each profile's credential is its own lease row, so the ledger says which
+    profile used which key (`leases --profile`, `revoke --profile` are exact)."""
     endpoint = endpoint_for(request["credential_type"], request["ttl"], request["role_arn"])
     parts = (
         vault_addr,
@@ -88,17 +102,30 @@ def cache_key(vault_addr: str, namespace: str, request: RequestFields) -> str:
         str(request["ttl"] or ""),
         request["role_arn"] or "",
         request["role_session_name"] or "",
+        profile or "",
     )
     return "|".join(parts)
 
 
-def find_hit(conn: "sqlite3.Connection", key: str, now: float) -> Hit | None:
+def newest_row(conn: "sqlite3.Connection") -> int:
+    """The id of the newest ledger row: a waiter notes it before it waits (see find_hit)."""
+    newest: int = conn.execute(NEWEST_ROW_QUERY).fetchone()[0]
+    return newest
+
+
+def find_hit(conn: "sqlite3.Connection", key: str, now: float, newer_than: int | None = None) -> Hit | None:
     """The freshest cached row for `key` that may be served: (id, access_key_id, sealed_secret,
-    started_at, expires_at), or None."""
+    started_at, expires_at), or None. With `newer_than` (the newest row id before this process
+    waited on the issuance lock), a row recorded meanwhile is served while it has not expired
+    (WAITER_MIN_REMAINING), even below the reuse threshold."""
     row: Hit | None = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
-    if row is None or not reusable(row[3], row[4], now):
+    if row is None:
         return None
-    return row
+    if reusable(row[3], row[4], now):
+        return row
+    if newer_than is not None and row[0] > newer_than and row[4] - now >= WAITER_MIN_REMAINING:
+        return row
+    return None
 
 
 def iso_utc(epoch: float) -> str:

@@ -56,6 +56,7 @@ for command in (
     leases.prune,
     leases.revoke,
     leases.renew,
+    leases.reconcile,
     ledger.ledger,
     key.key,
 ):

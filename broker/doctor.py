@@ -165,14 +165,15 @@ def _check_database(env: settings.Env, path: str, checks: list[Check]) -> list[P
 
 
 def _interrupted_issuances(env: settings.Env, conn: sqlite3.Connection) -> Check:
-    """Intent rows whose worker died before recording: Vault may hold a lease the ledger lacks."""
+    """Intent rows whose worker died (or gave up) before recording: Vault may hold a lease the ledger
+    lacks. A worker of this host that is gone counts at once; any other intent once it is old."""
     rows = conn.execute(
         "SELECT namespace, mount, endpoint, role, role_session_name, started_at, pid, host FROM intents "
-        "WHERE started_at < ? ORDER BY started_at",
-        (int(time.time()) - STALE_INTENT_SECONDS,),
+        "ORDER BY started_at"
     ).fetchall()
     here = env.host_name()
-    stale = [r for r in rows if r[7] != here or not _pid_alive(r[6])]
+    old = int(time.time()) - STALE_INTENT_SECONDS
+    stale = [r for r in rows if (r[7] == here and not _pid_alive(r[6])) or r[5] < old]
     if not stale:
         return Check(OK, "interrupted issuances: none")
     namespace, mount, endpoint, role, session_name, started_at, _pid, _host = stale[0]
@@ -181,7 +182,8 @@ def _interrupted_issuances(env: settings.Env, conn: sqlite3.Connection) -> Check
     return Check(
         WARN,
         f"interrupted issuances: {len(stale)}, first {path} at {cache.iso_utc(started_at)}{session}; Vault may hold "
-        f"leases this ledger lacks: list them with `vault list sys/leases/lookup/{mount}/{endpoint}/{role}` (sudo)",
+        f"leases this ledger lacks: find them with `broker reconcile --vault-list` (a token that may list "
+        f"sys/leases/lookup/{mount}/{endpoint}/{role}, a sudo path)",
     )
 
 

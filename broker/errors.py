@@ -38,6 +38,10 @@ class VaultTimeout(VaultUnreachable):
     """Vault took the request but did not answer in time: it may have acted on it."""
 
 
+class IssuanceInBackground(VaultTimeout):
+    """The caller stopped waiting (BROKER_WAIT); its worker still issues and records the lease."""
+
+
 class VaultSealed(VaultError):
     pass
 

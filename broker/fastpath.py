@@ -92,8 +92,8 @@ def serve(argv: list[str]) -> int | None:
             if key is None:
                 return None
             answer = _answer(conn, env, key)
-            if answer is None:
-                answer = _wait_for_issuance(conn, env, path, key)
+            if answer is None:  # noted after the miss: a hit costs one profile and one lease query
+                answer = _wait_for_issuance(conn, env, path, key, cache.newest_row(conn))
                 if answer is None:
                     return None
         finally:
@@ -108,15 +108,16 @@ def serve(argv: list[str]) -> int | None:
     return 0
 
 
-def _wait_for_issuance(conn: "sqlite3.Connection", env: settings.Env, path: str, key: str) -> str | None:
-    """Take the request's issuance lock and look again. On a hit, release it and return the answer;
-    otherwise keep holding it for the full CLI (locks.adopt) and return None."""
+def _wait_for_issuance(conn: "sqlite3.Connection", env: settings.Env, path: str, key: str, newest: int) -> str | None:
+    """Take the request's issuance lock and look again, taking what an issuance recorded while we
+    waited (a row newer than `newest`). On a hit, release it and return the answer; otherwise keep
+    holding it for the full CLI (locks.adopt) and return None."""
     from broker import locks
 
     lock = locks.lock_path(path, key)
-    fd = locks.acquire(lock, locks.ISSUANCE_WAIT_SECONDS, "issuance lock")
+    fd = locks.acquire(lock, env.wait_seconds(locks.ISSUANCE_WAIT_SECONDS), "issuance lock")
     try:
-        answer = _answer(conn, env, key)
+        answer = _answer(conn, env, key, newest)
     except BaseException:
         os.close(fd)
         raise
@@ -144,12 +145,12 @@ def _cache_key(conn: "sqlite3.Connection", env: settings.Env, options: "dict[str
     request = cache.merge_request(profile, options)
     if not request["mount"] or not request["role"]:
         return None
-    return cache.cache_key(env.vault_addr, env.vault_namespace(request["namespace"]), request)
+    return cache.cache_key(env.vault_addr, env.vault_namespace(request["namespace"]), request, options.get("profile"))
 
 
-def _answer(conn: "sqlite3.Connection", env: settings.Env, key: str) -> str | None:
+def _answer(conn: "sqlite3.Connection", env: settings.Env, key: str, newer_than: int | None = None) -> str | None:
     """The credential_process JSON for a servable cached credential, or None."""
-    hit = cache.find_hit(conn, key, time.time())
+    hit = cache.find_hit(conn, key, time.time(), newer_than)
     if hit is None:
         return None
     secret_key = crypto.load_key(env, create=False, allow_keyring=False)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select, update
 
 from broker import cache, crypto, errors, locks, output, profiles, settings
-from broker.errors import BrokerError, LeaseNotRecorded, UsageError, VaultError, VaultTimeout
+from broker.errors import BrokerError, IssuanceInBackground, LeaseNotRecorded, UsageError, VaultError, VaultTimeout
 from broker.models import Intent, Lease, OutboxEntry
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class IssueRequest:
 
     @property
     def cache_key(self) -> str:
-        return cache.cache_key(self.vault_addr, self.namespace, self._fields())
+        return cache.cache_key(self.vault_addr, self.namespace, self._fields(), self.profile)
 
     def _fields(self) -> cache.RequestFields:
         return {name: getattr(self, name) for name in cache.REQUEST_FIELDS}
@@ -109,12 +109,13 @@ def obtain(app: App, request: IssueRequest, *, use_cache: bool = True) -> Creden
     """A credential for `request`: from the cache when one is fresh enough, else newly issued."""
     if not use_cache:
         return issue_detached(app, request, store_secret=False)
+    newest = _newest_row(app)
     hit = cached(app, request)
     if hit:
         return hit
     path = locks.lock_path(app.db_path, request.cache_key)
-    with locks.hold(path, locks.ISSUANCE_WAIT_SECONDS, f"issuance lock for {request.describe()}"):
-        hit = cached(app, request)
+    with locks.hold(path, wait_seconds(app), f"issuance lock for {request.describe()}"):
+        hit = cached(app, request, newer_than=newest)
         if hit:
             log.info("served from cache after waiting for another issuance")
             return hit
@@ -131,17 +132,32 @@ def obtain(app: App, request: IssueRequest, *, use_cache: bool = True) -> Creden
             return fallback
 
 
-def cached(app: App, request: IssueRequest, *, fresh_only: bool = True) -> Credential | None:
+def wait_seconds(app: App) -> float:
+    """How long this caller waits for an issuance: `BROKER_WAIT`, default 60 s."""
+    try:
+        return app.env.wait_seconds(locks.ISSUANCE_WAIT_SECONDS)
+    except ValueError:
+        raise UsageError(f"BROKER_WAIT={app.env.wait!r} is not a number of seconds between 0 and 3600") from None
+
+
+def _newest_row(app: App) -> int:
+    with app.sqlite() as conn:
+        return cache.newest_row(conn)
+
+
+def cached(
+    app: App, request: IssueRequest, *, fresh_only: bool = True, newer_than: int | None = None
+) -> Credential | None:
     """The cached credential for `request`, if any may be served (fresh_only=False: any with at
-    least a minute left, for when Vault cannot issue). A secret the current key cannot open is
-    wiped: a lost key means re-issuing, never a crash."""
+    least a minute left, for when Vault cannot issue; newer_than: see cache.find_hit). A secret the
+    current key cannot open is wiped: a lost key means re-issuing, never a crash."""
     key = app.key(create=False)
     if key is None:
         return None
     now = time.time()
     with app.sqlite() as conn:
         if fresh_only:
-            row = cache.find_hit(conn, request.cache_key, now)
+            row = cache.find_hit(conn, request.cache_key, now, newer_than)
         else:
             row = conn.execute(cache.HIT_QUERY, (request.cache_key, int(now))).fetchone()
             row = row if row and cache.still_valid(row[4], now) else None
@@ -206,8 +222,11 @@ def renew_cached(app: App, request: IssueRequest) -> Credential | None:
 
 
 def issue_detached(app: App, request: IssueRequest, *, store_secret: bool) -> Credential:
-    """Run issue_and_record in a worker in its own session and wait for its answer. If this
-    process is killed meanwhile, the worker still records (or revokes) the lease.
+    """Run issue_and_record in a worker in its own session and wait for its answer at most
+    BROKER_WAIT seconds. The worker outlives its caller: if this process gives up or is killed,
+    the worker still records (or revokes) the lease the moment Vault answers, and ends by its own
+    deadline (worker_deadline). It holds none of the caller's stdio: a reader of the caller's
+    stdout sees EOF when the caller exits; its log lines come through a pipe of its own.
 
     A single-threaded caller forks (cheap: everything is imported already). A multi-threaded one
     (the credential server) starts a fresh `broker _issue` process instead: fork() copies only the
@@ -218,33 +237,110 @@ def issue_detached(app: App, request: IssueRequest, *, store_secret: bool) -> Cr
 
     if threading.active_count() > 1:
         return _issue_in_subprocess(app, request, store_secret)
+    wait = wait_seconds(app)
     sys.stdout.flush()
     sys.stderr.flush()
     # No SQLite connection may cross fork(): POSIX locks are not inherited, but SQLite's memory of
     # holding them is, and another process could then delete the WAL under the worker's feet.
     app.engine.dispose()
-    read_fd, write_fd = os.pipe()
+    answer_read, answer_write = os.pipe()
+    log_read, log_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the worker
-        os.close(read_fd)
+    if pid == 0:  # the worker; it also holds the caller's issuance lock (a shared flock) until it ends
+        os.close(answer_read)
+        os.close(log_read)
         try:
             os.setsid()
+            _detach_stdio(log_write)
             text = worker_answer(app, request, store_secret)
-            with os.fdopen(write_fd, "w") as pipe:
+            with os.fdopen(answer_write, "w") as pipe:
                 pipe.write(text)
         except BaseException:  # noqa: S110 - the caller is gone; the ledger already holds the outcome
             pass
         os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        text = pipe.read()
+    os.close(answer_write)
+    os.close(log_write)
+    answer = _await_worker(answer_read, log_read, wait)
+    if answer is None:
+        raise IssuanceInBackground(
+            f"no credential within BROKER_WAIT={wait:g}s: Vault has not answered {request.describe()} yet; "
+            f"the issuance goes on in the background (worker pid {pid}) and records the lease when Vault "
+            "answers, so the next call gets it from the cache"
+        )
     os.waitpid(pid, 0)
-    return _from_worker(text)
+    return _from_worker(answer)
+
+
+def _detach_stdio(log_fd: int) -> None:
+    """The worker's stdin and stdout become /dev/null, its stderr (and so its log lines) a pipe the
+    caller copies while it waits. dup2 swaps the descriptors under Python's sys.std* objects."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+
+
+def _await_worker(answer_fd: int, log_fd: int, wait: float) -> str | None:
+    """Read the worker's answer, copying its log lines to our stderr, for at most `wait` seconds;
+    None when the time ran out first."""
+    import selectors
+    import sys
+
+    deadline = time.monotonic() + wait
+    chunks: list[bytes] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(answer_fd, selectors.EVENT_READ)
+        selector.register(log_fd, selectors.EVENT_READ)
+        open_fds = {answer_fd, log_fd}
+        try:
+            while answer_fd in open_fds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                for ready, _events in selector.select(left):
+                    fd = int(ready.fd)
+                    data = os.read(fd, 65536)
+                    if not data:
+                        selector.unregister(fd)
+                        open_fds.discard(fd)
+                    elif fd == answer_fd:
+                        chunks.append(data)
+                    else:
+                        sys.stderr.buffer.write(data)
+                        sys.stderr.flush()
+        finally:
+            for fd in (answer_fd, log_fd):
+                os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def worker_deadline(app: App) -> None:
+    """The worker's own deadline: past the issuance timeout and the retries (plus time to record),
+    SIGALRM raises VaultTimeout there. The intent row stays (Vault may have issued): `doctor`
+    shows it and `broker reconcile --vault-list` finds the lease."""
+    import math
+    import signal
+
+    vault_settings = app.vault.settings
+    limit = vault_settings.issue_timeout * 2 + vault_settings.retry_seconds + 15  # a legacy role asks twice
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise VaultTimeout(f"the issuing worker gave up after {limit:g}s; Vault may have issued: see `broker doctor`")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(math.ceil(limit))
 
 
 def worker_answer(app: App, request: IssueRequest, store_secret: bool) -> str:
     """Issue and record; the outcome as the JSON the caller decodes with _from_worker."""
     try:
+        worker_deadline(app)
         credential = issue_and_record(app, request, store_secret=store_secret)
         payload: dict[str, object] = {"credential": _credential_dict(credential)}
     except BrokerError as exc:
@@ -259,22 +355,30 @@ def _issue_in_subprocess(app: App, request: IssueRequest, store_secret: bool) ->
     import sys
     from dataclasses import asdict
 
+    wait = wait_seconds(app)
     env = dict(os.environ)  # the worker is this command again: the same environment
     if app.ledger_url:
         env["BROKER_LEDGER_URL"] = app.ledger_url  # by environment, never on a command line
     job = json.dumps({"request": asdict(request), "store_secret": store_secret})
-    worker = subprocess.run(
+    worker = subprocess.Popen(
         [sys.executable, "-m", "broker", "--db", app.db_path, "_issue"],
-        input=job,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
         start_new_session=True,
-        check=False,
     )
-    if worker.stderr:
-        sys.stderr.write(worker.stderr)
-    return _from_worker(worker.stdout)
+    try:
+        out, err = worker.communicate(job, timeout=wait)
+    except subprocess.TimeoutExpired:  # left running: it records the lease when Vault answers
+        raise IssuanceInBackground(
+            f"no credential within BROKER_WAIT={wait:g}s for {request.describe()}; the issuance goes on in the "
+            f"background (worker pid {worker.pid})"
+        ) from None
+    if err:
+        sys.stderr.write(err)
+    return _from_worker(out)
 
 
 def _credential_dict(credential: Credential) -> dict[str, object]:
@@ -323,6 +427,7 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
     except BaseException:
         _clear_intent(app, intent_id)
         raise
+    _disarm_deadline()  # Vault answered: recording must not be cut short
     try:
         key = app.key(create=True) if store_secret else None
         row_id = _record(app, request, issued, intent_id, key)
@@ -342,6 +447,12 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
         cache.iso_utc(issued.expires_at),
     )
     return Credential(issued.access_key_id, issued.secret_key, issued.session_token, issued.expires_at, row_id)
+
+
+def _disarm_deadline() -> None:
+    import signal
+
+    signal.alarm(0)
 
 
 def generate_session_name() -> str:

@@ -51,7 +51,8 @@ PUBLIC_COLUMNS = [
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
 # The table: the first ten, how long each active credential has left, the state and when revoked.
-TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at"]
+TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at", "revoke_error"]
+REVOKE_ERROR_WIDTH = 40  # the table shows the start of a failed revocation's error; json/csv all of it
 TABLE_HEADERS = {
     "lease_id": "LEASE ID",
     "profile": "PROFILE",
@@ -66,6 +67,7 @@ TABLE_HEADERS = {
     "left": "LEFT",
     "state": "STATE",
     "revoked_at": "REVOKED (UTC)",
+    "revoke_error": "REVOKE ERROR",
 }
 YIELD_PER = 2000
 # Widths of the table's columns whose values have a known size: "2026-11-26 19:08:30", "expired",
@@ -114,10 +116,23 @@ def public_row(values: dict[str, Any], now: float, *, table: bool) -> dict[str, 
         row["left"] = time_left(row["state"], values["expires_at"], now)
         for name in TIME_COLUMNS:
             row[name] = readable_time(values[name])
+        row["revoke_error"] = table_error(row["revoke_error"])
     else:
         for name in TIME_COLUMNS:
             row[name] = iso_or_none(values[name])
     return row
+
+
+def shortened(text: str | None, width: int) -> str | None:
+    """`text` cut to `width` characters (ending in "...") for a table column."""
+    return text if text is None or len(text) <= width else text[: width - 3] + "..."
+
+
+def table_error(text: str | None) -> str | None:
+    """A revoke_error for the table: without its leading timestamp, shortened."""
+    if text and len(text) > 21 and text[4] == "-" and text[19] == "Z" and text[20] == " ":
+        text = text[21:]
+    return shortened(text, REVOKE_ERROR_WIDTH)
 
 
 def list_leases(app: App, selection: Selection, *, table: bool = False) -> Listing:
@@ -156,4 +171,5 @@ def _table_widths(app: App, selection: Selection, now: int) -> dict[str, int]:
         maxima = session.execute(query).one()
     widths = {c: max(1, m or 0) for c, m in zip(text_columns, maxima, strict=True)}
     widths.update(FIXED_WIDTHS)
+    widths["revoke_error"] = min(widths["revoke_error"], REVOKE_ERROR_WIDTH)
     return widths

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 POLL_SECONDS = 0.005
-ISSUANCE_WAIT_SECONDS = 15.0  # how long a caller waits for another process's issuance of the same request
+ISSUANCE_WAIT_SECONDS = 60.0  # BROKER_WAIT's default: how long a caller waits for an issuance to end
 
 # Locks this process already holds, handed from the cache-hit path to the full CLI (see
 # fastpath.serve): taking them again through a new descriptor would wait on ourselves.

@@ -49,15 +49,22 @@ def _json(rows: Iterable[Row], columns: list[str], out: TextIO) -> int:
 
 def json_array(batches: Iterable[list[str]], out: TextIO | None = None) -> int:
     """Write batches of already-encoded JSON objects as the one JSON array `render` writes,
-    streamed (for rows a database encoded itself); returns how many objects."""
+    streamed (for rows a database encoded itself); returns how many objects. Nothing is written
+    until the source has produced its first batch (or ended): a source that fails first leaves
+    stdout empty, not a lone `[` before the error."""
     out = out or sys.stdout
     count = 0
-    out.write("[")
+    started = False
     for batch in batches:
+        if not started:
+            out.write("[")
+            started = True
         if batch:
             out.write(",\n  " if count else "\n  ")
             out.write(",\n  ".join(batch))
             count += len(batch)
+    if not started:
+        out.write("[")
     out.write("\n]\n" if count else "]\n")
     return count
 

@@ -198,10 +198,17 @@ def sts_warning(targets: Sequence[Target], *, dry_run: bool) -> str | None:
     kinds = Counter(t.credential_type for t in targets)
     last = max(t.expires_at or 0 for t in targets)
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-    verb = "would stay" if dry_run else "stay"
+    if len(targets) == 1:
+        subject, verb, until = "This credential", "would stay" if dry_run else "stays", "its expires_at"
+        when = f"({cache.iso_utc(last)})"
+    else:
+        subject, verb, until = (
+            f"These {len(targets)} credentials",
+            "would stay" if dry_run else "stay",
+            "their expires_at",
+        )
+        when = f"(the last at {cache.iso_utc(last)})"
     return (
         f"Vault cannot invalidate STS credentials: revoking their leases does not touch AWS. "
-        f"{'This credential' if len(targets) == 1 else f'These {len(targets)} credentials'} ({what}) "
-        f"{verb} valid until their expires_at "
-        f"(the last at {cache.iso_utc(last)}) unless an IAM deny policy cuts them off."
+        f"{subject} ({what}) {verb} valid until {until} {when} unless an IAM deny policy cuts them off."
     )

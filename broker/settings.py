@@ -25,6 +25,7 @@ VARIABLES = (
     ("debug", "BROKER_DEBUG"),
     ("vault_timeout", "BROKER_VAULT_TIMEOUT"),
     ("vault_retry_seconds", "BROKER_VAULT_RETRY_SECONDS"),
+    ("wait", "BROKER_WAIT"),
     ("revoke_concurrency", "BROKER_REVOKE_CONCURRENCY"),
     ("agent_addr", "VAULT_AGENT_ADDR"),
     ("plain_addr", "VAULT_ADDR"),
@@ -57,6 +58,7 @@ class Env:
     debug: str
     vault_timeout: str
     vault_retry_seconds: str
+    wait: str
     revoke_concurrency: str
     agent_addr: str
     plain_addr: str
@@ -88,6 +90,16 @@ class Env:
         if self.agent_addr:
             return "VAULT_AGENT_ADDR"
         return "VAULT_ADDR" if self.plain_addr else "the default (VAULT_ADDR unset)"
+
+    def wait_seconds(self, default: float) -> float:
+        """`BROKER_WAIT`: how long a caller waits for an issuance (its own or another process's)
+        before it gives up; the issuance itself goes on in its worker. A bad value raises ValueError."""
+        if not self.wait:
+            return default
+        value = float(self.wait)
+        if not 0 < value <= 3600:
+            raise ValueError(f"BROKER_WAIT={self.wait!r} must be between 0 and 3600 seconds")
+        return value
 
     def vault_namespace(self, profile_namespace: str | None = None) -> str:
         """The namespace sent as `X-Vault-Namespace`: the profile's, else `VAULT_NAMESPACE`, else root."""

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 3.0  # seconds per request: the Rust SDK gives a credential helper 5 s in all
+# An issuance may take Vault several IAM calls in a row (more across a region or under load), and a
+# request given up on may still have minted a credential: its worker waits like the vault CLI (60 s).
+DEFAULT_ISSUE_TIMEOUT = 60.0
 DEFAULT_RETRY_SECONDS = 2.0  # total time spent retrying connection errors, 429, 502 and 503
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
 
@@ -59,6 +62,8 @@ class VaultSettings:
     timeout: float
     retry_seconds: float
     token_source: str = "VAULT_TOKEN"  # noqa: S105 - where the token came from, not a token
+    issue_timeout: float = DEFAULT_ISSUE_TIMEOUT
+    addr_source: str = "VAULT_ADDR"  # where addr came from (settings.Env.vault_addr_source), for messages
 
     @classmethod
     def from_env(cls, env: settings.Env) -> VaultSettings:
@@ -78,8 +83,10 @@ class VaultSettings:
             verify=verify,
             cert=(env.client_cert, env.client_key) if env.client_cert and env.client_key else None,
             timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_TIMEOUT),
+            issue_timeout=_env_seconds("BROKER_VAULT_TIMEOUT", env.vault_timeout, DEFAULT_ISSUE_TIMEOUT),
             retry_seconds=_env_seconds("BROKER_VAULT_RETRY_SECONDS", env.vault_retry_seconds, DEFAULT_RETRY_SECONDS),
             token_source=token_source,
+            addr_source=env.vault_addr_source,
         )
 
 
@@ -135,14 +142,16 @@ class Vault:
 
     def __init__(self, vault_settings: VaultSettings) -> None:
         self.settings = vault_settings
-        self._clients: dict[str, hvac.Client] = {}
+        self._clients: dict[tuple[str, float], hvac.Client] = {}
 
     @property
     def addr(self) -> str:
         return self.settings.addr
 
-    def client(self, namespace: str = "") -> hvac.Client:
-        if namespace not in self._clients:
+    def client(self, namespace: str = "", timeout: float | None = None) -> hvac.Client:
+        """The hvac client for `namespace`, whose requests time out after `timeout` (default: settings.timeout)."""
+        timeout = timeout or self.settings.timeout
+        if (namespace, timeout) not in self._clients:
             import hvac
             import requests
 
@@ -154,16 +163,16 @@ class Vault:
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 log.info("TLS certificate verification is off for %s (VAULT_SKIP_VERIFY)", self.settings.addr)
             session.trust_env = False  # no HTTP(S)_PROXY detours for a loopback agent
-            self._clients[namespace] = hvac.Client(
+            self._clients[namespace, timeout] = hvac.Client(
                 url=self.settings.addr,
                 token=self.settings.token,
                 namespace=namespace or None,
                 verify=self.settings.verify,
                 cert=self.settings.cert,
-                timeout=self.settings.timeout,
+                timeout=timeout,
                 session=session,
             )
-        return self._clients[namespace]
+        return self._clients[namespace, timeout]
 
     # -- the calls -------------------------------------------------------------------------------
 
@@ -180,7 +189,8 @@ class Vault:
         credential_type: str | None,
     ) -> Issued:
         """Mint one credential. A read timeout is not retried: Vault may have issued already."""
-        client = self.client(namespace)
+        timeout = self.settings.issue_timeout
+        client = self.client(namespace, timeout)
         started = int(time.time())
 
         def call(which: str) -> object:
@@ -195,13 +205,13 @@ class Vault:
 
         what = f"{mount}/{endpoint}/{role}"
         try:
-            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
+            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
         except VaultRejected as exc:
             if "legacy role" not in str(exc) or credential_type:
                 raise
             endpoint = "sts" if endpoint == "creds" else "creds"  # a legacy role fixes the path
             what = f"{mount}/{endpoint}/{role}"
-            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
+            response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
         return self._parse_issued(
             response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
         )
@@ -260,7 +270,7 @@ class Vault:
     def revoke(self, lease_id: str, namespace: str = "") -> None:
         """Revoke one lease (Vault answers 204 for unknown and already-revoked leases too)."""
         client = self.client(namespace)
-        self._call(f"sys/leases/revoke {lease_id}", lambda: client.sys.revoke_lease(lease_id), retry_read_timeout=True)
+        self._call("sys/leases/revoke", lambda: client.sys.revoke_lease(lease_id), retry_read_timeout=True)
 
     def revoke_quietly(self, lease_id: str, namespace: str = "") -> bool:
         try:
@@ -312,6 +322,58 @@ class Vault:
         data = response.get("data") if isinstance(response, dict) else None
         return data if isinstance(data, dict) else {}
 
+    def lookup(self, lease_id: str, namespace: str = "") -> dict[str, Any] | None:
+        """What Vault knows of a lease (PUT sys/leases/lookup: id, issue_time, expire_time, ttl,
+        renewable), or None when Vault does not know it (400 "invalid lease": revoked or expired)."""
+        import hvac.exceptions as hx
+
+        client = self.client(namespace)
+
+        def call() -> object:
+            try:
+                return client.sys.read_lease(lease_id)
+            except hx.InvalidRequest as exc:
+                if any("invalid lease" in str(e) for e in (getattr(exc, "errors", None) or [])):
+                    return None
+                raise
+
+        response = self._call(f"sys/leases/lookup {lease_id}", call, retry_read_timeout=True)
+        if response is None:
+            return None
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            raise VaultBadResponse(f"Vault's lookup of {lease_id} carried no data")
+        return data
+
+    def list_leases(self, prefix: str, namespace: str = "") -> list[str]:
+        """Every lease id Vault holds under `prefix` (LIST sys/leases/lookup/<prefix>, a sudo path),
+        walking sub-prefixes; empty when there are none (404)."""
+        import hvac.exceptions as hx
+
+        client = self.client(namespace)
+        found: list[str] = []
+        pending = [prefix.strip("/") + "/"]
+        while pending:
+            current = pending.pop()
+
+            def call(current: str = current) -> object:
+                try:
+                    return client.adapter.list(f"/v1/sys/leases/lookup/{urllib.parse.quote(current)}")
+                except hx.InvalidPath:
+                    return None
+
+            response = self._call(f"LIST sys/leases/lookup/{current}", call, retry_read_timeout=True)
+            data = response.get("data") if isinstance(response, dict) else None
+            keys = data.get("keys") if isinstance(data, dict) else None
+            for key in keys if isinstance(keys, list) else []:
+                if not isinstance(key, str) or not key or ".." in key or key.startswith("/"):
+                    continue  # untrusted: only plain path segments
+                if key.endswith("/"):
+                    pending.append(current + key)
+                else:
+                    found.append(current + key)
+        return sorted(found)
+
     def lookup_self(self) -> dict[str, Any]:
         client = self.client("")
         response = self._call("auth/token/lookup-self", client.auth.token.lookup_self, retry_read_timeout=True)
@@ -319,7 +381,9 @@ class Vault:
 
     # -- retries and error translation -------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], object], *, retry_read_timeout: bool) -> object:
+    def _call(
+        self, what: str, fn: Callable[[], object], *, retry_read_timeout: bool, timeout: float | None = None
+    ) -> object:
         import hvac.exceptions as hx
         import requests
 
@@ -336,19 +400,21 @@ class Vault:
             except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if not retry_read_timeout:
                     raise VaultTimeout(
-                        f"Vault at {self.addr} did not answer {what} within {self.settings.timeout:g}s "
-                        f"(not retried: Vault may have issued; set BROKER_VAULT_TIMEOUT to wait longer)"
+                        f"Vault at {self.addr} did not answer {what} within {timeout or self.settings.timeout:g}s "
+                        "(not retried: Vault may have issued; `broker reconcile --vault-list` finds such a "
+                        "lease; BROKER_VAULT_TIMEOUT sets the wait)"
                     ) from None
                 error: VaultError = VaultUnreachable(f"Vault at {self.addr} did not answer {what}: {_short(exc)}")
             except requests.exceptions.InvalidURL:
                 raise UsageError(f"VAULT_ADDR {self.addr!r} is not a usable URL") from None
             except requests.exceptions.SSLError as exc:
                 raise VaultUnreachable(
-                    f"TLS with Vault at {self.addr} failed ({_short(exc)}); check VAULT_CACERT/VAULT_CAPATH"
+                    f"TLS with Vault at {self.addr} ({self._where()}) failed: {tls_cause(exc)}"
                 ) from None
             except requests.exceptions.ConnectionError:
                 error = VaultUnreachable(
-                    f"cannot connect to Vault at {self.addr}; is it running and is VAULT_ADDR right?"
+                    f"cannot connect to Vault at {self.addr} ({self._where()}); "
+                    "is it running and is that the right address?"
                 )
             except requests.exceptions.RequestException as exc:
                 raise VaultUnreachable(f"request to Vault at {self.addr} failed: {_short(exc)}") from None
@@ -359,9 +425,7 @@ class Vault:
             except hx.BadGateway as exc:
                 error = VaultError(f"Vault at {self.addr} answered 502 for {what}: {_vault_message(exc)}")
             except hx.Forbidden:
-                raise VaultDenied(
-                    f"Vault at {self.addr} denied {what} (403 permission denied); check VAULT_TOKEN and its policies"
-                ) from None
+                raise VaultDenied(self._denied(what)) from None
             except hx.InvalidRequest as exc:
                 raise VaultRejected(f"Vault rejected {what}: {_vault_message(exc)}") from None
             except hx.InvalidPath as exc:
@@ -376,6 +440,40 @@ class Vault:
             log.info("%s; retrying in %.1fs", error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _where(self) -> str:
+        source = self.settings.addr_source
+        return "the default address: VAULT_ADDR is unset" if source.startswith("the default") else f"from {source}"
+
+    def _denied(self, what: str) -> str:
+        if self.settings.token is None:
+            return (
+                f"permission denied (403) on {what} at Vault {self.addr}: no token was sent (VAULT_TOKEN unset, "
+                "no ~/.vault-token); set VAULT_TOKEN, run `vault login`, or point VAULT_AGENT_ADDR at an agent"
+            )
+        return (
+            f"permission denied (403) on {what} at Vault {self.addr}; check the token from "
+            f"{self.settings.token_source} and its policies"
+        )
+
+
+def tls_cause(exc: BaseException) -> str:
+    """What went wrong in a TLS handshake, in words, with OpenSSL's own reason in full."""
+    import re
+
+    text = " ".join(str(exc).split())
+    reasons = re.findall(r"\[SSL: [A-Z0-9_]+\] [^'\")(]*?(?=\s*\(_ssl|'|\"|\)|$)", text)
+    reason = reasons[-1].strip() if reasons else text.rsplit(": ", 1)[-1][:300]
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer failure" in text:
+        return f"the server did not answer TLS: is it a plain http:// listener? ({reason})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        if "hostname" in text.lower() or "match" in text.lower():
+            return f"the certificate is not for this host name ({reason})"
+        return (
+            f"the server's certificate is signed by a CA broker does not trust ({reason}); "
+            "point VAULT_CACERT or VAULT_CAPATH at that CA"
+        )
+    return f"{reason}; check VAULT_CACERT/VAULT_CAPATH and VAULT_CLIENT_CERT/VAULT_CLIENT_KEY"
 
 
 def _int(value: object) -> int:

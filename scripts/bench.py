@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +314,61 @@ def scenario_prune(workdir: Path, double: Double, count: int = 1_000_000) -> Non
     )
 
 
+def scenario_convoy(workdir: Path, _double: Double | None, processes: int = 25, rounds: int = 20) -> None:
+    """Issue 13's mixed load on 10-second leases, Vault +0.2 s on issuance: every round starts
+    `processes` processes together (credential-process for two profiles of the short role, plus a
+    `leases` and a `prune`); counts failures and issuances per lease lifetime per profile."""
+    from tests.support.vault_double import VaultDouble, start_moto_server
+
+    moto, endpoint = start_moto_server()
+    vault = VaultDouble(endpoint).start()
+    try:
+        vault.add_role("aws", "short", "iam_user", iam_lease_ttl=10, iam_max_ttl=10)
+        vault.set_latency(0.2, path_contains="creds/")
+        here = types.SimpleNamespace(info={"vault_addr": vault.url, "token": vault.root_token})
+        env = environment(workdir, here, "convoy")  # the in-process double, as a Double
+        broker = broker_command()
+        for name in ("short-a", "short-b"):
+            run_ok(broker + ["profile", "add", name, "--mount", "aws", "--role", "short"], env)
+        failures: list[str] = []
+        started = time.perf_counter()
+        for round_ in range(rounds):
+            commands = []
+            for index in range(processes):
+                slot = (index + round_) % processes
+                if slot == 0:
+                    commands.append(["leases", "--format", "json"])
+                elif slot == 1:
+                    commands.append(["prune", "--quiet"])
+                else:
+                    commands.append(["credential-process", "--profile", ("short-a", "short-b")[index % 2]])
+            procs = [
+                (c, subprocess.Popen(broker + c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                for c in commands
+            ]
+            for command, proc in procs:
+                _out, err = proc.communicate(timeout=180)
+                if proc.returncode != 0:
+                    failures.append(f"{command[0]} exit {proc.returncode}: {err.strip()[:120]}")
+        wall = time.perf_counter() - started
+        issued = len(vault.issued)
+    finally:
+        vault.stop()
+        moto.stop()
+    lifetimes = wall / 10
+    per_lifetime = issued / 2 / lifetimes  # two profiles: two requests
+    line(
+        f"convoy: {processes} processes x {rounds} rounds, 10 s leases, Vault +0.2 s",
+        f"{len(failures)} failures",
+        "0 failures, <= ~1 issuance/lifetime/request",
+        not failures and per_lifetime <= 1.5,
+        f"{issued} issuances for 2 profiles in {wall:.1f} s = {per_lifetime:.2f} per lease lifetime per profile"
+        + (f"; first failure: {failures[0]}" if failures else ""),
+    )
+
+
 SCENARIOS = {
+    "convoy": scenario_convoy,
     "hit": scenario_hit,
     "cold": scenario_cold,
     "revoke": scenario_revoke,
@@ -375,7 +430,7 @@ def main() -> None:
         scenarios,
         {**LATENCY_MS, **bench_fleet.LATENCY_MS},
         cleanup=bench_fleet.stop_postgres,
-        needs_double=bench_fleet.needs_double,
+        needs_double=lambda name: name != "convoy" and bench_fleet.needs_double(name),
     )
 
 

@@ -18,6 +18,10 @@ from broker import cache, crypto
         (120, 61, True),
         (120, 59, False),  # never serve one with under a minute left
         (86400 * 32, 1000, True),
+        (10, 3, True),  # a lease shorter than two minutes is reused while a quarter of it remains
+        (10, 1, False),
+        (100, 25, True),
+        (100, 24, False),
     ],
 )
 def test_reuse_rule(lifetime, remaining, reuse):

@@ -293,7 +293,7 @@ def test_a_held_issuance_lock_times_out_once(vault, db_path):
 
     add_profile("deploy", "--mount", "aws", "--role", "deploy")
     request = cache.merge_request({"mount": "aws", "role": "deploy"}, {})
-    fd = locks.acquire(locks.lock_path(db_path, cache.cache_key(settings.load().vault_addr, "", request)), 1)
+    fd = locks.acquire(locks.lock_path(db_path, cache.cache_key(settings.load().vault_addr, "", request, "deploy")), 1)
     try:
         probe = (
             "import sys; from broker import fastpath, locks; locks.ISSUANCE_WAIT_SECONDS = 1.0\n"

@@ -313,7 +313,7 @@ def test_sts_revoke_says_the_credentials_stay_valid_and_prints_the_deny_policy(v
     proc = cli(["revoke", "--role", "deploy", "--yes"])
     assert proc.returncode == 0, proc.stderr
     assert "Vault cannot invalidate STS credentials" in proc.stdout
-    assert "stay valid until" in proc.stdout
+    assert "This credential (1 assumed_role) stays valid until its expires_at" in proc.stdout
     assert f"*:{row['role_session_name']}" in proc.stdout
     assert "aws:TokenIssueTime" in proc.stdout
     assert aws_works(moto_server, creds)  # exactly what the warning says

@@ -149,9 +149,14 @@ def revoke(
     output.render_report(report, fmt)
     if report.failed:
         raise PartialFailure(
-            f"{len(report.failed)} of {len(report.results)} revocations failed; "
-            f"the rows stay active with the error recorded; run the same command again to retry"
+            f"{len(report.failed)} of {len(report.results)} revocations failed: {_reason(report.failed[0].error)}; "
+            "the rows stay active with the error recorded; run the same command again to retry"
         )
+
+
+def _reason(error: str | None) -> str:
+    """The cause of a failed revocation, without the address and advice that follow it."""
+    return (error or "unknown error").split(" at Vault ", 1)[0]
 
 
 @click.command(name="renew")
@@ -175,3 +180,47 @@ def renew(app: App, lease_ids: tuple[str, ...], profile: str | None, all_leases:
     output.render_report(report, "table")
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(report.results)} renewals failed (see above)")
+
+
+@click.command(name="reconcile")
+@click.option(
+    "--vault-list",
+    is_flag=True,
+    help="Also list Vault's live leases under every mount/role the ledger has seen (a sudo path) and "
+    "report those no ledger row explains.",
+)
+@click.option("--revoke-unknown", is_flag=True, help="Revoke the leases --vault-list finds (implies --vault-list).")
+@click.option("--dry-run", is_flag=True, help="Report only: mark nothing, revoke nothing.")
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask before --revoke-unknown (required when stdin is not a terminal)."
+)
+@format_option(choices=("table", "json"), help="Report format.")
+@click.option(
+    "--fleet", "fleet_wide", is_flag=True, help="Check every host's rows in the fleet ledger (a responder login)."
+)
+@pass_app
+def reconcile(
+    app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, yes: bool, fmt: str, fleet_wide: bool
+) -> None:
+    """Check the ledger against Vault: mark rows Vault no longer knows as ended (with the reason),
+    and with --vault-list find leases Vault holds that the ledger lacks (killed issuances, by hand)."""
+    import json
+
+    from broker import reconcile as reconciling
+
+    if revoke_unknown and not (yes or dry_run or sys.stdin.isatty()):
+        raise UsageError("stdin is not a terminal: add --yes to revoke, or --dry-run to see what would be revoked")
+    confirm = None if (yes or dry_run) else (lambda text: click.confirm(text, abort=True, err=True))
+    report = reconciling.reconcile(
+        app, vault_list=vault_list, revoke=revoke_unknown, dry_run=dry_run, confirm=confirm, fleet=fleet_wide
+    )
+    if fmt == "json":
+        click.echo(json.dumps(reconciling.report_dict(report), indent=2))
+    else:
+        for line in reconciling.render_table(report):
+            click.echo(line)
+    if report.failed:
+        raise PartialFailure(
+            f"{len(report.failed)} reconcile operation(s) failed, first: {report.failed[0]}; "
+            "run the same command again to resume"
+        )

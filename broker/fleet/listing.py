@@ -124,6 +124,7 @@ def _table_rows(app: App, selection: Selection) -> Iterator[dict[str, Any]]:
         row["left"] = listing.time_left(row["state"], row["expires_at"], now)
         for name in TIME_COLUMNS:
             row[name] = listing.readable_time(row[name])
+        row["revoke_error"] = listing.table_error(row.get("revoke_error"))
         yield row
 
 
@@ -135,4 +136,5 @@ def _table_widths(app: App, selection: Selection) -> dict[str, int]:
         ).one()
     widths = {name: max(1, m or 0) for name, m in zip(_TEXT_COLUMNS, maxima, strict=True)}
     widths.update(listing.FIXED_WIDTHS)
+    widths["revoke_error"] = min(widths.get("revoke_error", 1), listing.REVOKE_ERROR_WIDTH)
     return widths

@@ -292,3 +292,39 @@ def _report_others(
                         now,
                     )
                 )
+
+
+def active_targets(ledger: FleetLedger, conditions: Sequence[ColumnElement[bool]], vault_addr: str) -> list[Target]:
+    """The fleet rows matching `conditions` as Targets for `vault_addr` (used by `reconcile --fleet`)."""
+    now = time.time()
+    with ledger.begin("reading leases") as conn:
+        return [_to_target(row, vault_addr, now) for row in conn.execute(_target_query(FLEET, conditions))]
+
+
+def known_places(ledger: FleetLedger) -> tuple[set[str], set[tuple[str, str, str, str]]]:
+    """Every lease id the fleet ledger records, and every (namespace, mount, role, lease id) it has seen."""
+    t = FLEET
+    with ledger.begin("reading leases") as conn:
+        rows = conn.execute(select(t.c.namespace, t.c.mount, t.c.role, t.c.lease_id)).all()
+    return {str(r[3]) for r in rows if r[3]}, {(r[0] or "", r[1], r[2], r[3] or "") for r in rows}
+
+
+def mark_ended(ledger: FleetLedger, results: Sequence[Result], by: str) -> None:
+    """Rows Vault no longer knows: state revoked, by `reconcile by user@host`, with the end_reason."""
+    t = FLEET
+    ended = [
+        {"k_lease": r.target.lease_id, "k_akid": r.target.access_key_id, "at": utc(r.at), "reason": r.error}
+        for r in results
+        if r.outcome == "ended"
+    ]
+    if not ended:
+        return
+    with ledger.begin("marking leases") as conn:
+        conn.execute(
+            update(t)
+            .where(
+                t.c.lease_id == bindparam("k_lease"), t.c.access_key_id == bindparam("k_akid"), t.c.state == "active"
+            )
+            .values(state="revoked", revoked_at=bindparam("at"), revoked_by=by, end_reason=bindparam("reason")),
+            ended,
+        )
