@@ -122,31 +122,35 @@ def _group(rows: Iterable[dict[str, Any]], ids: Sequence[str], found: dict[str, 
                 found.setdefault(key, []).append(dict(row))
 
 
-def local_rows(app: App, where: Sequence[ColumnElement[bool]], limit: int | None = None) -> list[dict[str, Any]]:
-    """Local ledger rows matching `where`, oldest first, as dicts of ROW_FIELDS (times in Unix seconds)."""
+def local_rows(app: App, where: Sequence[ColumnElement[bool]], newest: int | None = None) -> list[dict[str, Any]]:
+    """Local ledger rows matching `where` (at most the `newest`), oldest first, as dicts of
+    ROW_FIELDS (times in Unix seconds)."""
     columns = [getattr(Lease, _LOCAL_NAMES.get(n, n)) for n in ROW_FIELDS]
-    query = select(Lease.role_arn, *columns).where(*where).order_by(Lease.issued_at, Lease.id).limit(limit)
+    query = select(Lease.role_arn, *columns).where(*where).order_by(Lease.issued_at.desc(), Lease.id.desc())
     with app.transaction(read_only=True) as session:
-        return [
+        rows = [
             {"source": "local", **dict(zip(ROW_FIELDS, values, strict=True)), "role_arn": role_arn}
-            for role_arn, *values in session.execute(query)
+            for role_arn, *values in session.execute(query.limit(newest))
         ]
+    return rows[::-1]
 
 
-def fleet_rows(app: App, where: Sequence[ColumnElement[bool]], limit: int | None = None) -> list[dict[str, Any]]:
-    """Fleet ledger rows matching `where`, oldest first, as dicts of ROW_FIELDS (times in Unix seconds)."""
+def fleet_rows(app: App, where: Sequence[ColumnElement[bool]], newest: int | None = None) -> list[dict[str, Any]]:
+    """Fleet ledger rows matching `where` (at most the `newest`), oldest first, as dicts of
+    ROW_FIELDS (times in Unix seconds)."""
     from broker.fleet.listing import FLEET, epoch_of
 
     t = FLEET
     columns = [
         (epoch_of(t.c[n]) if n in listing.TIME_COLUMNS else t.c[_LOCAL_NAMES.get(n, n)]).label(n) for n in ROW_FIELDS
     ]
-    query = select(*columns).where(*where).order_by(t.c.issued_at, t.c.lease_id).limit(limit)
+    query = select(*columns).where(*where).order_by(t.c.issued_at.desc(), t.c.lease_id.desc()).limit(newest)
     with app.fleet.begin("looking up leases") as conn:
-        return [
+        rows = [
             {"source": "fleet", **dict(zip(ROW_FIELDS, values, strict=True)), "role_arn": None}
             for values in conn.execute(query)
         ]
+    return rows[::-1]
 
 
 def live_sts_policies(app: App, rows: Iterable[dict[str, Any]], now: int) -> list[policies.DenyPolicy]:
@@ -230,11 +234,10 @@ def render_text(answers: Sequence[Answer]) -> str:
     lines: list[str] = []
     width = max(len(n) for n in FIELDS)
     for answer in answers:
+        if not answer.found:
+            continue  # said on stderr, with where it looked
         if lines:
             lines.append("")
-        if not answer.found:
-            lines.append(f"{answer.id}: not found (looked in the {' and the '.join(answer.looked_in)})")
-            continue
         count = len(answer.leases)
         lines.append(f"{answer.id}: {count} lease{'s' if count != 1 else ''}")
         for row in table_rows([answer]):
@@ -247,7 +250,7 @@ def render_text(answers: Sequence[Answer]) -> str:
             lines.append("")
             lines.append(f"  # STS credential still live in AWS: {policy.note}")
             lines.append(f"  {policy.command()}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _printable(value: object) -> str:
