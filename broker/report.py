@@ -174,7 +174,7 @@ dt{font-weight:600}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-
 .lease.revoked{fill:#c62828}.revocation{stroke:#000;stroke-width:2}.host{font-weight:600}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 """
-_LEFT, _WIDTH, _BAR, _GAP = 180, 1000, 10, 4
+_LEFT, _WIDTH, _BAR, _GAP = 180, 900, 10, 4
 
 
 def _e(value: object) -> str:
