@@ -312,8 +312,8 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
     session_name = request.role_session_name
     if session_name is None and request.credential_type in (None, "assumed_role"):
         session_name = generate_session_name()
+    who = identity.token_identity(app)  # cached per token; a failed lookup records no identity
     intent_id = _write_intent(app, request, session_name)
-    who = identity.token_identity(app)  # cached per token; never fails issuance
     try:
         issued = app.vault.issue(
             namespace=request.namespace,

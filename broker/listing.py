@@ -50,8 +50,9 @@ PUBLIC_COLUMNS = [
     "principal_arn",
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
-# The table: the first ten, how long each active credential has left, the state and when revoked.
-TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at"]
+# The table: the first ten, how long each active credential has left, the state and when revoked,
+# and who asked (the Vault display name) for which account.
+TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at", "display_name", "account_id"]
 TABLE_HEADERS = {
     "lease_id": "LEASE ID",
     "profile": "PROFILE",
@@ -66,6 +67,8 @@ TABLE_HEADERS = {
     "left": "LEFT",
     "state": "STATE",
     "revoked_at": "REVOKED (UTC)",
+    "display_name": "ASKED BY",
+    "account_id": "ACCOUNT",
 }
 YIELD_PER = 2000
 # Widths of the table's columns whose values have a known size: "2026-11-26 19:08:30", "expired",

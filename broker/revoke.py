@@ -42,7 +42,7 @@ Confirm = Callable[[str], object]
 Progress = Callable[[int], AbstractContextManager[ProgressBar]]
 
 OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired", "unknown")
-UNKNOWN_KEY = "no lease in the ledger has this access key; nothing was sent to Vault"
+UNKNOWN_KEY = "no lease the selection names has this access key; nothing was sent to Vault"
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ def test_local_leases_selectors(two_identities, tmp_path):
     # the table and csv carry the identity (csv: every public column)
     csv_out = run_broker("leases", "--format", "csv", "--entity", ENTITY)
     assert "oidc-alice" in csv_out.stdout and "token_accessor" in csv_out.stdout.splitlines()[0]
+    table = run_broker("leases", "--display-name", "oidc-bob")
+    assert "ASKED BY" in table.stdout and "oidc-bob" in table.stdout and account in table.stdout
 
 
 def test_local_revoke_by_access_key_reports_unknown_and_sends_nothing_for_it(two_identities, vault):
@@ -152,7 +154,7 @@ def test_fleet_selectors_list_and_revoke(tmp_path, pg, fleet_db, vault, aws_env)
     )
     assert _keys(one) == [keys["host-a"]] and "AKIANOSUCHKEY0000000" in one.stderr
     table = desk.broker("leases", "--fleet", "--display-name", "oidc-alice")
-    assert table.returncode == 0 and keys["host-b"] in table.stdout
+    assert table.returncode == 0 and keys["host-b"] in table.stdout and "oidc-alice" in table.stdout
 
     listing = tmp_path / "keys.txt"
     listing.write_text(f"{keys['host-b']}\nAKIANOSUCHKEY0000000\n")
