@@ -15,6 +15,7 @@ from sqlalchemy import distinct, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from broker import bulk, listing, policies
+from broker.errors import FleetError, one_line
 from broker.models import Lease
 from broker.selection import Selection
 
@@ -57,6 +58,7 @@ class Answer:
     looked_in: list[str]
     leases: list[dict[str, Any]] = field(default_factory=list)
     deny_policies: list[policies.DenyPolicy] = field(default_factory=list)
+    fleet_error: str | None = None  # the fleet ledger could not be read (the local answer stands)
 
     @property
     def found(self) -> bool:
@@ -80,16 +82,24 @@ def whois(app: App, ids: Sequence[str]) -> list[Answer]:
     now = int(time.time())
     wanted = list(dict.fromkeys(i.strip() for i in ids if i.strip()))
     local = _local(app, wanted) if os.path.exists(app.db_path) else {}
-    fleet = _fleet(app, wanted) if app.ledger_url else {}
+    looked = ["local ledger " + app.db_path]
+    fleet: dict[str, list[dict[str, Any]]] = {}
+    fleet_error = None
+    if app.ledger_url:
+        try:
+            fleet = _fleet(app, wanted)
+            looked.append("fleet ledger " + app.fleet.masked)
+        except FleetError as exc:  # the local story still counts when PostgreSQL is down
+            fleet_error = one_line(exc)
+            looked.append(f"fleet ledger, which failed: {fleet_error}")
     answers = []
     for key in wanted:
-        looked = ["local ledger " + app.db_path] + (["fleet ledger " + app.fleet.masked] if app.ledger_url else [])
         rows = local.get(key, [])
         seen = {(r["lease_id"], r["access_key_id"]) for r in rows}
         rows += [r for r in fleet.get(key, []) if (r["lease_id"], r["access_key_id"]) not in seen]
         for row in rows:
             row["state"] = listing.derived_state(row["state"], row["expires_at"], now)
-        answers.append(Answer(key, looked, rows, live_sts_policies(app, rows, now)))
+        answers.append(Answer(key, list(looked), rows, live_sts_policies(app, rows, now), fleet_error))
     return answers
 
 

@@ -89,3 +89,16 @@ def test_whois_across_the_fleet(tmp_path, pg, fleet_db, vault, aws_env, alice):
     assert lease["display_name"] == "oidc-alice" and lease["entity_id"] == ENTITY and lease["token_accessor"] == alice
     assert not missing["found"] and any("fleet ledger" in place for place in missing["looked_in"])
     assert "fleet ledger" in result.stderr and "pw" not in result.stderr.replace("pwd", "")
+
+
+def test_whois_answers_locally_when_the_fleet_ledger_is_down(vault, aws_env, monkeypatch):
+    from tests.support.pg import closed_port_url
+
+    key = credential("--mount", "aws", "--role", "ci")["AccessKeyId"]
+    monkeypatch.setenv("BROKER_LEDGER_URL", closed_port_url())
+    result = run_broker("whois", key, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["leases"][0]["source"] == "local"
+    assert "warning" in result.stderr and "pw@" not in result.stderr
+    missing = run_broker("whois", "AKIANOWHERE000000000")
+    assert_one_line_error(missing, code=3, contains="fleet ledger, which failed")

@@ -34,6 +34,8 @@ def whois_command(app: App, ids: tuple[str, ...], fmt: str) -> None:
     else:
         output.write_text(whois.render_text(answers))
     unknown = [a for a in answers if not a.found]
+    if answers and answers[0].fleet_error and not unknown:  # with unknown ids, the error says it
+        click.echo(f"broker: warning: {answers[0].fleet_error}; answered from the local ledger only", err=True)
     if unknown:
         names = ", ".join(a.id for a in unknown)
         raise NotFound(f"not found: {names} (looked in the {' and the '.join(unknown[0].looked_in)})")
