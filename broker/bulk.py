@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 64
 CHUNK = 500  # ids per IN (...) list
+# Who asked for a lease and the AWS principal: shown with each target in reports.
+IDENTITY_FIELDS = ("display_name", "entity_id", "token_accessor", "token_policies", "account_id", "principal_arn")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Target:
     host: str = ""  # fleet rows: the host and OS user that pushed them
     os_user: str = ""
     recorded_vault_addr: str = ""  # fleet rows: the host's Vault address, for audit only
+    identity: tuple[tuple[str, str | None], ...] = ()  # IDENTITY_FIELDS -> value, as the ledger has them
 
     @classmethod
     def unknown(cls, lease_id: str, namespace: str, vault_addr: str) -> Target:
@@ -96,6 +99,8 @@ class Target:
             "issued_at": listing.iso_or_none(self.issued_at),
             "expires_at": listing.iso_or_none(self.expires_at),
         }
+        fields.update(dict.fromkeys(IDENTITY_FIELDS))
+        fields.update(self.identity)
         if fleet:
             fields.update(host=self.host, user=self.os_user)
         return fields
@@ -147,6 +152,7 @@ TARGET_COLUMNS = [
     Lease.profile,
     Lease.state,
     Lease.renewable,
+    *[getattr(Lease, name) for name in IDENTITY_FIELDS],
 ]
 
 
@@ -169,6 +175,7 @@ def local_target(row: Any, now: int) -> Target:
         row_id=m[Lease.id],
         state=listing.derived_state(m[Lease.state], m[Lease.expires_at], now),
         renewable=bool(m[Lease.renewable]),
+        identity=tuple((name, m[getattr(Lease, name)]) for name in IDENTITY_FIELDS),
     )
 
 

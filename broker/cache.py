@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 # Loosely typed on purpose: callers validate each field (profiles.check_*) before use.
 RequestFields = dict[str, "Any"]
 
-# A servable cache row, as HIT_QUERY selects it: (id, access_key_id, sealed_secret, started_at, expires_at).
-Hit = tuple[int, str, bytes, int, int]
+# A servable cache row, as HIT_QUERY selects it:
+# (id, access_key_id, sealed_secret, started_at, expires_at, account_id or None).
+Hit = tuple[int, str, bytes, int, int, "str | None"]
 
 # The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
 # of migrations/versions; db.py refuses databases whose revision it does not know.
@@ -38,7 +39,7 @@ PROFILE_QUERY = (
     "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type FROM profiles WHERE name = ?"
 )
 HIT_QUERY = (
-    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at FROM leases "
+    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at, account_id FROM leases "
     "WHERE cache_key = ? AND state = 'active' AND secret IS NOT NULL AND expires_at > ? "
     "ORDER BY expires_at DESC LIMIT 1"
 )
@@ -114,10 +115,9 @@ def newest_row(conn: "sqlite3.Connection") -> int:
 
 
 def find_hit(conn: "sqlite3.Connection", key: str, now: float, newer_than: int | None = None) -> Hit | None:
-    """The freshest cached row for `key` that may be served: (id, access_key_id, sealed_secret,
-    started_at, expires_at), or None. With `newer_than` (the newest row id before this process
-    waited on the issuance lock), a row recorded meanwhile is served while it has not expired
-    (WAITER_MIN_REMAINING), even below the reuse threshold."""
+    """The freshest cached row for `key` that may be served (a `Hit`), or None. With `newer_than`
+    (the newest row id before this process waited on the issuance lock), a row recorded meanwhile
+    is served while it has not expired (WAITER_MIN_REMAINING), even below the reuse threshold."""
     row: Hit | None = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
     if row is None:
         return None
@@ -139,9 +139,12 @@ def _plain(value: str) -> bool:
     return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
 
 
-def render_process_json(access_key_id: str, secret_key: str, session_token: str | None, expires_at: float) -> str:
+def render_process_json(
+    access_key_id: str, secret_key: str, session_token: str | None, expires_at: float, account_id: str | None = None
+) -> str:
     """The credential_process object. Built by hand for the usual characters (no json import on a
-    hit), through json for anything else."""
+    hit), through json for anything else. `AccountId` only when the account is known (12 digits):
+    SDKs use it for account-based endpoints, so it is never a guess."""
     fields: list[tuple[str, int | str]] = [
         ("Version", 1),
         ("AccessKeyId", access_key_id),
@@ -150,6 +153,8 @@ def render_process_json(access_key_id: str, secret_key: str, session_token: str 
     if session_token:
         fields.append(("SessionToken", session_token))
     fields.append(("Expiration", iso_utc(expires_at)))
+    if account_id and len(account_id) == 12 and account_id.isdigit():
+        fields.append(("AccountId", account_id))
     if all(isinstance(v, str) and _plain(v) for _, v in fields[1:]):
         return "{" + ", ".join(f'"{k}": {v}' if k == "Version" else f'"{k}": "{v}"' for k, v in fields) + "}"
     import json

@@ -11,7 +11,7 @@ import click
 
 from broker import __version__, settings
 from broker.app import App
-from broker.commands import credentials, key, leases, ledger, profile, programs
+from broker.commands import credentials, key, leases, ledger, profile, programs, responder
 from broker.errors import BrokerError, one_line
 
 
@@ -57,6 +57,8 @@ for command in (
     leases.revoke,
     leases.renew,
     leases.reconcile,
+    responder.whois_command,
+    responder.report_command,
     ledger.ledger,
     key.key,
 ):

@@ -112,3 +112,9 @@ class FleetDenied(FleetError):
 
 class FleetSchemaMismatch(FleetError):
     """The shared schema is missing, older than this broker (run `ledger init`) or newer (upgrade)."""
+
+
+class NotFound(BrokerError):
+    """An id (access key, lease id, session name) that no ledger knows (`broker whois`)."""
+
+    exit_code = 3

@@ -50,6 +50,7 @@ class Keys:
     secret_key: str = field(repr=False)
     session_token: str | None = field(repr=False)
     expires_at: int
+    account_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,10 @@ def render_export(keys: Keys | Credential, fmt: str, *, profile: str, region: st
     """The text `broker export` prints (ending in a newline)."""
     if fmt == "json":
         return (
-            cache.render_process_json(keys.access_key_id, keys.secret_key, keys.session_token, keys.expires_at) + "\n"
+            cache.render_process_json(
+                keys.access_key_id, keys.secret_key, keys.session_token, keys.expires_at, keys.account_id
+            )
+            + "\n"
         )
     if fmt == "ini":
         lines = [

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 
-from broker import cache, crypto, errors, locks, output, profiles, settings
+from broker import cache, crypto, errors, identity, locks, output, profiles, settings
 from broker.errors import BrokerError, IssuanceInBackground, LeaseNotRecorded, UsageError, VaultError, VaultTimeout
 from broker.models import Intent, Lease, OutboxEntry
 
@@ -48,6 +48,7 @@ class IssueRequest:
     role_session_name: str | None = None
     credential_type: str | None = None
     region: str | None = None
+    account_id: str | None = None  # the profile's --account-id: recorded when Vault's answer has no ARN
 
     @property
     def endpoint(self) -> str:
@@ -72,9 +73,12 @@ class Credential:
     session_token: str | None = field(repr=False)
     expires_at: int
     lease_row: int | None = None
+    account_id: str | None = None  # known AWS account (AccountId in the credential_process JSON)
 
     def process_json(self) -> str:
-        return cache.render_process_json(self.access_key_id, self.secret_key, self.session_token, self.expires_at)
+        return cache.render_process_json(
+            self.access_key_id, self.secret_key, self.session_token, self.expires_at, self.account_id
+        )
 
 
 def build_request(app: App, profile_name: str | None, flags: cache.RequestFields) -> IssueRequest:
@@ -102,6 +106,7 @@ def build_request(app: App, profile_name: str | None, flags: cache.RequestFields
             profiles.check_credential_type(merged["credential_type"]) if merged["credential_type"] else None
         ),
         region=profile.region if profile else None,
+        account_id=profile.account_id if profile else None,
     )
 
 
@@ -163,14 +168,14 @@ def cached(
             row = row if row and cache.still_valid(row[4], now) else None
     if row is None:
         return None
-    row_id, access_key_id, blob, _started, expires_at = row
+    row_id, access_key_id, blob, _started, expires_at, account_id = row
     opened = crypto.unseal(key, blob, access_key_id)
     if opened is None:
         log.warning("a cached secret does not open with the current key; discarding it and issuing anew")
         with app.transaction() as session:
             session.execute(update(Lease).where(Lease.id == row_id).values(secret=None, cache_key=None))
         return None
-    return Credential(access_key_id, opened[0], opened[1], expires_at, row_id)
+    return Credential(access_key_id, opened[0], opened[1], expires_at, row_id, account_id)
 
 
 def renew_cached(app: App, request: IssueRequest) -> Credential | None:
@@ -215,7 +220,7 @@ def renew_cached(app: App, request: IssueRequest) -> Credential | None:
         session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at, renewed_at=now))
         enqueue_for_fleet(app, session, row.id)
     log.info("renewed %s until %s", row.lease_id, cache.iso_utc(expires_at))
-    return Credential(row.access_key_id, opened[0], opened[1], expires_at, row.id)
+    return Credential(row.access_key_id, opened[0], opened[1], expires_at, row.id, row.account_id)
 
 
 # -- issuance in a worker that outlives its caller ------------------------------------------------
@@ -388,6 +393,7 @@ def _credential_dict(credential: Credential) -> dict[str, object]:
         "session_token": credential.session_token,
         "expires_at": credential.expires_at,
         "lease_row": credential.lease_row,
+        "account_id": credential.account_id,
     }
 
 
@@ -410,6 +416,7 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
     session_name = request.role_session_name
     if session_name is None and request.credential_type in (None, "assumed_role"):
         session_name = generate_session_name()
+    who = identity.token_identity(app)  # cached per token; a failed lookup records no identity
     intent_id = _write_intent(app, request, session_name)
     try:
         issued = app.vault.issue(
@@ -430,7 +437,7 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
     _disarm_deadline()  # Vault answered: recording must not be cut short
     try:
         key = app.key(create=True) if store_secret else None
-        row_id = _record(app, request, issued, intent_id, key)
+        row_id = _record(app, request, issued, intent_id, key, who)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, BrokerError) else type(exc).__name__
         revoked = bool(issued.lease_id) and app.vault.revoke_quietly(issued.lease_id, issued.namespace)
@@ -446,7 +453,14 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
         output.mask_key(issued.access_key_id),
         cache.iso_utc(issued.expires_at),
     )
-    return Credential(issued.access_key_id, issued.secret_key, issued.session_token, issued.expires_at, row_id)
+    return Credential(
+        issued.access_key_id,
+        issued.secret_key,
+        issued.session_token,
+        issued.expires_at,
+        row_id,
+        account_of(issued, request),
+    )
 
 
 def _disarm_deadline() -> None:
@@ -489,7 +503,16 @@ def _clear_intent(app: App, intent_id: int) -> None:
         log.warning("could not clear issuance intent %s: %s", intent_id, exc)
 
 
-def _record(app: App, request: IssueRequest, issued: Issued, intent_id: int, key: bytes | None) -> int:
+def account_of(issued: Issued, request: IssueRequest) -> str | None:
+    """The AWS account: from the ARN in Vault's answer, else the profile's --account-id, else unknown."""
+    from broker.vault import account_of_arn
+
+    return account_of_arn(issued.arn) or request.account_id
+
+
+def _record(
+    app: App, request: IssueRequest, issued: Issued, intent_id: int, key: bytes | None, who: identity.Identity
+) -> int:
     with app.transaction() as session:
         row = Lease(
             lease_id=issued.lease_id,
@@ -511,6 +534,12 @@ def _record(app: App, request: IssueRequest, issued: Issued, intent_id: int, key
             secret=crypto.seal(key, issued.secret_key, issued.session_token, issued.access_key_id) if key else None,
             host=app.env.host_name(),
             os_user=settings.os_user(),
+            display_name=who.display_name,
+            entity_id=who.entity_id,
+            token_accessor=who.accessor,
+            token_policies=who.policies,
+            account_id=account_of(issued, request),
+            principal_arn=issued.arn,
         )
         session.add(row)
         session.flush()

@@ -50,8 +50,9 @@ PUBLIC_COLUMNS = [
     "principal_arn",
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
-# The table: the first ten, how long each active credential has left, the state and when revoked.
-TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at", "revoke_error"]
+# The table: the first ten, how long each active credential has left, the state and when revoked,
+# who asked (the Vault display name) for which account, and why a revocation failed.
+TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at", "display_name", "account_id", "revoke_error"]
 REVOKE_ERROR_WIDTH = 40  # the table shows the start of a failed revocation's error; json/csv all of it
 TABLE_HEADERS = {
     "lease_id": "LEASE ID",
@@ -67,6 +68,8 @@ TABLE_HEADERS = {
     "left": "LEFT",
     "state": "STATE",
     "revoked_at": "REVOKED (UTC)",
+    "display_name": "ASKED BY",
+    "account_id": "ACCOUNT",
     "revoke_error": "REVOKE ERROR",
 }
 YIELD_PER = 2000

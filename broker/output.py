@@ -223,3 +223,11 @@ def _renew_report(report: RenewReport, out: TextIO) -> None:
     ]
     render(rows, "table", RENEW_COLUMNS, headers=RENEW_HEADERS, out=out)
     out.write(report.summary() + "\n")
+
+
+def write_json(value: Any, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(json.dumps(value, indent=2) + "\n")
+
+
+def write_text(text: str, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(text if text.endswith("\n") or not text else text + "\n")

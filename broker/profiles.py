@@ -22,6 +22,7 @@ _ROLE = re.compile(r"[A-Za-z0-9_.@+=,-]{1,128}")
 _SESSION_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{2,64}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_ACCOUNT_ID = re.compile(r"\d{12}")
 
 
 def _show(value: str) -> str:
@@ -68,6 +69,12 @@ def check_region(region: str) -> str:
     return region
 
 
+def check_account_id(account_id: str) -> str:
+    if not _ACCOUNT_ID.fullmatch(account_id):
+        raise UsageError(f"invalid AWS account id {_show(account_id)}: expected 12 digits, e.g. 123456789012")
+    return account_id
+
+
 def check_credential_type(kind: str) -> str:
     if kind not in cache.CREDENTIAL_TYPES:
         raise UsageError(f"invalid credential type {_show(kind)}: one of {', '.join(cache.CREDENTIAL_TYPES)}")
@@ -85,6 +92,7 @@ class ProfileSpec:
     role_session_name: str | None = None
     credential_type: str | None = None
     region: str | None = None
+    account_id: str | None = None
 
     def validated(self) -> ProfileSpec:
         check_profile_name(self.name)
@@ -98,6 +106,7 @@ class ProfileSpec:
             role_session_name=check_session_name(self.role_session_name) if self.role_session_name else None,
             credential_type=check_credential_type(self.credential_type) if self.credential_type else None,
             region=check_region(self.region) if self.region else None,
+            account_id=check_account_id(self.account_id) if self.account_id else None,
         )
 
     def request_fields(self) -> cache.RequestFields:
@@ -115,6 +124,7 @@ def _spec(row: Profile) -> ProfileSpec:
         role_session_name=row.role_session_name,
         credential_type=row.credential_type,
         region=row.region,
+        account_id=row.account_id,
     )
 
 
@@ -149,6 +159,7 @@ def add(app: App, spec: ProfileSpec) -> bool:
         for field, value in spec.request_fields().items():
             setattr(row, field, value)
         row.region = spec.region
+        row.account_id = spec.account_id
         row.updated_at = now
     return created
 

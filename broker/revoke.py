@@ -41,7 +41,8 @@ class ProgressBar(Protocol):
 Confirm = Callable[[str], object]
 Progress = Callable[[int], AbstractContextManager[ProgressBar]]
 
-OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired")
+OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired", "unknown")
+UNKNOWN_KEY = "no lease the selection names has this access key; nothing was sent to Vault"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def select_targets(app: App, selection: Selection, now: int) -> list[Target]:
     the ledger has no row for them); the other selections return active, unexpired rows only."""
     if selection.lease_ids:
         return _by_lease_ids(app, selection.lease_ids, now)
+    if selection.access_keys:
+        return _by_access_keys(app, selection, now)
     return bulk.local_targets(app, selection.replace(state="active").conditions(listing.LEDGER_COLUMNS, now), now)
 
 
@@ -106,6 +109,28 @@ def _by_lease_ids(app: App, lease_ids: Sequence[str], now: int) -> list[Target]:
         else:
             targets.append(Target.unknown(lease_id, app.env.vault_namespace(), app.env.vault_addr))
     return targets
+
+
+def _by_access_keys(app: App, selection: Selection, now: int) -> list[Target]:
+    """Per access key: its active rows, else its last row (revoked or expired), else an `unknown_key`
+    target: a key id is not a lease id, so an unknown one is reported and sent nowhere."""
+    rows = bulk.local_targets(app, selection.replace(state="all").conditions(listing.LEDGER_COLUMNS, now), now)
+    by_key: dict[str, list[Target]] = {}
+    for target in rows:
+        by_key.setdefault(target.access_key_id, []).append(target)
+    targets = []
+    for key in selection.access_keys:
+        found = by_key.get(key)
+        if found:
+            active = [t for t in found if t.state == "active"]
+            targets.extend(active or found[-1:])
+        else:
+            targets.append(unknown_key(key, app.env.vault_addr))
+    return targets
+
+
+def unknown_key(access_key_id: str, vault_addr: str) -> Target:
+    return dataclasses.replace(Target.unknown("", "", vault_addr), access_key_id=access_key_id, state="unknown_key")
 
 
 # -- 3. marking -----------------------------------------------------------------------------------------
@@ -184,6 +209,8 @@ def revoke_matching(
     for t in targets:
         if t.state in ("revoked", "expired"):
             report.results.append(Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now))
+        elif t.state == "unknown_key":
+            report.results.append(Result(t, True, "unknown", UNKNOWN_KEY, now))
     calls = prefix_calls(app, selection, actionable) if selection.prefix else []
     if dry_run:
         report.results += [Result(t, True, "would_revoke", None, now) for t in actionable]

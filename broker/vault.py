@@ -118,6 +118,7 @@ class Issued:
     role_session_name: str | None
     issued_at: int
     expires_at: int
+    arn: str | None = None  # data.arn of an assumed_role answer, validated (the AWS principal)
 
     def __repr__(self) -> str:  # never show the secret halves
         return f"Issued(lease_id={self.lease_id!r}, access_key_id={self.access_key_id!r}, expires_at={self.expires_at})"
@@ -265,6 +266,7 @@ class Vault:
             role_session_name=session_name,
             issued_at=started,
             expires_at=started + duration,
+            arn=arn if isinstance(arn, str) and valid_arn(arn) else None,
         )
 
     def revoke(self, lease_id: str, namespace: str = "") -> None:
@@ -497,6 +499,31 @@ def recorded_type(hint: str | None, data: dict[str, Any], token: object) -> str:
     if hint in ("federation_token", "session_token"):
         return hint
     return "federation_token" if "ttl" in data else "session_token"
+
+
+_ARN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:/+=,.@_-")
+
+
+def valid_arn(arn: str) -> bool:
+    """An AWS ARN of printable ARN characters (`arn:<partition>:<service>:<region>:<account>:<resource>`)."""
+    parts = arn.split(":", 5)
+    return (
+        len(arn) <= 2048
+        and len(parts) == 6
+        and parts[0] == "arn"
+        and parts[1].startswith("aws")
+        and bool(parts[2])
+        and bool(parts[5])
+        and set(arn) <= _ARN_CHARS
+    )
+
+
+def account_of_arn(arn: str | None) -> str | None:
+    """The 12-digit account of an ARN such as arn:aws:sts::123456789012:assumed-role/R/S, else None."""
+    if not arn or not valid_arn(arn):
+        return None
+    account = arn.split(":", 5)[4]
+    return account if len(account) == 12 and account.isdigit() else None
 
 
 def _short(exc: BaseException) -> str:

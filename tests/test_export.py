@@ -54,6 +54,7 @@ def test_export_formats_agree_and_work(vault, aws_env):
         "SecretAccessKey": exported["AWS_SECRET_ACCESS_KEY"],
         "SessionToken": exported["AWS_SESSION_TOKEN"],
         "Expiration": exported["AWS_CREDENTIAL_EXPIRATION"],
+        "AccountId": "123456789012",  # moto's account, from the assumed role's ARN
     }  # the same cached credential
 
     ini = configparser.ConfigParser()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -13,6 +14,7 @@ from broker.commands.options import (
     format_option,
     pass_app,
     require_fleet_for_host_and_user,
+    selector_options,
 )
 from broker.errors import PartialFailure, UsageError
 from broker.selection import STATES, Selection
@@ -29,6 +31,7 @@ from broker.selection import STATES, Selection
     show_default=True,
     help="Which leases: expired = active past its end.",
 )
+@selector_options
 @format_option()
 @fleet_options("List the fleet ledger: every host's leases")
 @pass_app
@@ -38,6 +41,7 @@ def leases_command(
     mount: str | None,
     role: str | None,
     state: str,
+    selectors: dict[str, Any],
     fmt: str,
     fleet_wide: bool,
     host: str | None,
@@ -47,7 +51,7 @@ def leases_command(
     from broker import listing, output
 
     require_fleet_for_host_and_user(fleet_wide, host, user, "rows")
-    selection = Selection(profile=profile, mount=mount, role=role, host=host, user=user, state=state)
+    selection = Selection(profile=profile, mount=mount, role=role, host=host, user=user, state=state, **selectors)
     if fleet_wide:
         from broker.fleet import listing as fleet_listing
 
@@ -61,6 +65,13 @@ def leases_command(
         count = output.render(found.rows, fmt, found.columns, headers=found.headers, widths=found.widths)
     if not count and fmt == "table":
         click.echo(f"no leases in the {'fleet ' if fleet_wide else ''}ledger match", err=True)
+    if selection.access_keys:
+        from broker import whois
+
+        unmatched = whois.unmatched_access_keys(app, selection, fleet=fleet_wide)
+        if unmatched:
+            where = "the fleet ledger" if fleet_wide else "the local ledger"
+            click.echo(f"no lease in {where} matches access key {', '.join(unmatched)}", err=True)
 
 
 @click.command(name="prune")
@@ -88,6 +99,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
     help="Revoke server-side under <mount>/creds/<role> and <mount>/sts/<role> (sudo token; "
     "revokes leases issued to anyone).",
 )
+@selector_options
 @click.option("--dry-run", is_flag=True, help="Say what would be revoked; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @format_option(choices=("table", "json"), help="Report format.")
@@ -101,6 +113,7 @@ def revoke(
     profile: str | None,
     all_leases: bool,
     prefix: bool,
+    selectors: dict[str, Any],
     dry_run: bool,
     yes: bool,
     fmt: str,
@@ -127,6 +140,7 @@ def revoke(
         user=user,
         all=all_leases,
         prefix=prefix,
+        **selectors,
     )
     if fleet_wide:
         from broker.fleet.revoke import revoke_fleet

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import click
 
@@ -97,3 +98,95 @@ def fleet_options(what: str) -> Callable[[F], F]:
 def require_fleet_for_host_and_user(fleet_wide: bool, host: str | None, user: str | None, what: str) -> None:
     if (host or user) and not fleet_wide:
         raise click.UsageError(f"--host and --user select fleet {what}: add --fleet")
+
+
+# -- the responder's selectors (leases, revoke, report) ------------------------------------------------
+
+
+def _access_key(text: str, where: str) -> str:
+    key = text.strip()
+    if not (16 <= len(key) <= 128 and key.isascii() and key.isalnum()):
+        raise click.BadParameter(f"{where}: {key[:40]!r} is not an AWS access key id (AKIA.../ASIA...)")
+    return key
+
+
+def read_access_keys(handle: IO[str]) -> list[str]:
+    """One access key id a line; blank lines and `#` comments are skipped."""
+    name = getattr(handle, "name", "-")
+    keys = []
+    for number, line in enumerate(handle, 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            keys.append(_access_key(text, f"line {number} of {name}"))
+    return keys
+
+
+def selector_options(fn: F) -> F:
+    """--access-key, --access-keys-from, --issued-after/--issued-before, --namespace, --session-name,
+    --entity, --accessor, --display-name and --account, handed to the command as one `selectors`
+    dict of broker.selection.Selection fields (every one given must match: AND)."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        access_keys: tuple[str, ...],
+        access_keys_from: IO[str] | None,
+        issued_after: str | None,
+        issued_before: str | None,
+        namespace: str | None,
+        session_name: str | None,
+        entity_id: str | None,
+        accessor: str | None,
+        display_name: str | None,
+        account: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        import time
+
+        from broker.selection import parse_time
+
+        keys = [_access_key(k, "--access-key") for k in access_keys]
+        if access_keys_from is not None:
+            keys += read_access_keys(access_keys_from)
+            if not keys:
+                raise click.BadParameter("no access key ids in it", param_hint="--access-keys-from")
+        now = time.time()
+        kwargs["selectors"] = {
+            "access_keys": tuple(keys),
+            "issued_after": parse_time(issued_after, now) if issued_after else None,
+            "issued_before": parse_time(issued_before, now) if issued_before else None,
+            "namespace": namespace,
+            "session_name": session_name,
+            "entity_id": entity_id,
+            "accessor": accessor,
+            "display_name": display_name,
+            "account": account,
+        }
+        return fn(*args, **kwargs)
+
+    return _apply(
+        cast(F, wrapper),
+        [
+            click.option(
+                "--access-key", "access_keys", multiple=True, metavar="ID", help="Only this access key id (repeatable)."
+            ),
+            click.option(
+                "--access-keys-from",
+                type=click.File("r"),
+                metavar="FILE",
+                help="Access key ids, one a line (- = stdin), e.g. from CloudTrail.",
+            ),
+            click.option(
+                "--issued-after",
+                metavar="T",
+                help="Issued at or after T: ISO-8601 (2026-11-26T19:00:00Z) or a duration ago (2h, 30m).",
+            ),
+            click.option("--issued-before", metavar="T", help="Issued before T (ISO-8601 or a duration ago)."),
+            click.option("--namespace", metavar="NS", help="Only leases in this Vault namespace ('' = root)."),
+            click.option("--session-name", metavar="NAME", help="Only this role session name (assumed_role)."),
+            click.option("--entity", "entity_id", metavar="ID", help="Only leases asked for by this Vault entity id."),
+            click.option("--accessor", metavar="A", help="Only leases asked for by the token with this accessor."),
+            click.option("--display-name", metavar="NAME", help="Only leases asked for by this Vault display name."),
+            click.option("--account", metavar="ID", help="Only credentials of this AWS account id."),
+        ],
+    )

@@ -20,6 +20,7 @@ PROFILE_COLUMNS = [
     "role_session_name",
     "credential_type",
     "region",
+    "account_id",
 ]
 
 
@@ -35,6 +36,12 @@ def profile() -> None:
 @request_options
 @click.option("--region", help="AWS region for this profile (used by exec and the AWS config).")
 @click.option("--namespace", help="Vault namespace (overrides VAULT_NAMESPACE).")
+@click.option(
+    "--account-id",
+    metavar="ID",
+    help="The AWS account (12 digits) the role's credentials belong to, when Vault's answer does not say "
+    "(iam_user, federation_token, session_token): recorded with each lease and given to SDKs as AccountId.",
+)
 @click.option(
     "--write-aws-config",
     is_flag=True,
@@ -52,6 +59,7 @@ def profile_add(
     credential_type: str | None,
     region: str | None,
     namespace: str | None,
+    account_id: str | None,
     write_aws_config: bool,
 ) -> None:
     """Add or replace the profile NAME."""
@@ -67,6 +75,7 @@ def profile_add(
         role_session_name=role_session_name,
         credential_type=credential_type,
         region=region,
+        account_id=account_id,
     )
     created = profiles.add(app, spec)
     change = awsconfig.write_profile(app, name, spec.region) if write_aws_config else None

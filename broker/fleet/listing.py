@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, and_, case, cast, func, literal_column, selec
 from sqlalchemy.sql.elements import ColumnElement
 
 from broker import cache, listing
-from broker.fleet.ledger import COLUMNS, TIME_COLUMNS
+from broker.fleet.ledger import COLUMNS, TIME_COLUMNS, utc
 from broker.fleet.models import FLEET_LEASES
 from broker.selection import Selection
 
@@ -24,7 +24,7 @@ FLEET_NAME = {"user": "os_user"}  # listing field -> fleet column, where they di
 
 def where(selection: Selection) -> list[ColumnElement[bool]]:
     """The selection's conditions on the fleet table, at PostgreSQL's now()."""
-    return selection.conditions(FLEET_COLUMNS, func.now())
+    return selection.conditions(FLEET_COLUMNS, func.now(), utc)
 
 
 def epoch_of(column: Any) -> ColumnElement[int]:

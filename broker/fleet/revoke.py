@@ -47,6 +47,7 @@ _TARGET_FIELDS = (
     "issued_at",
     "expires_at",
     "state",
+    *bulk.IDENTITY_FIELDS,
     "revoked_by",
 )
 
@@ -93,6 +94,7 @@ def _to_target(row: Row[Any], vault_addr: str, now: float) -> Target:
         host=fields["host"],
         os_user=fields["os_user"],
         recorded_vault_addr=fields["vault_addr"],
+        identity=tuple((name, fields[name]) for name in bulk.IDENTITY_FIELDS),
     )
 
 
@@ -147,19 +149,31 @@ def revoke_fleet(
     with ledger.begin("reading leases") as conn:
         planned = [_to_target(row, addr, now) for row in conn.execute(_target_query(t, active_where))]
         listed_rows = []
-        if selection.lease_ids:
+        if selection.lease_ids or selection.access_keys:
             listed_rows = [
                 _to_target(row, addr, now)
                 for row in conn.execute(_target_query(t, where(selection.replace(state="all"))))
             ]
     unknown: list[Target] = []
+    if selection.lease_ids or selection.access_keys:
+        planned_ids = {(p.lease_id, p.access_key_id) for p in planned}
+        planned_keys = {p.access_key_id for p in planned}
+        for target in listed_rows:
+            if target.state not in ("revoked", "expired") or (target.lease_id, target.access_key_id) in planned_ids:
+                continue
+            if selection.access_keys and target.access_key_id in planned_keys:
+                continue  # the key has an active row too: that one is revoked
+            outcome = "already_revoked" if target.state == "revoked" else "expired"
+            report.results.append(Result(target, True, outcome, None, now))
+    if selection.access_keys:  # a key id is not a lease id: an unknown key is reported, sent nowhere
+        known_keys = {target.access_key_id for target in listed_rows}
+        report.results += [
+            Result(revoking.unknown_key(key, addr), True, "unknown", revoking.UNKNOWN_KEY, now)
+            for key in selection.access_keys
+            if key not in known_keys
+        ]
     if selection.lease_ids:
         known = {target.lease_id for target in listed_rows}
-        planned_ids = {p.lease_id for p in planned}
-        for target in listed_rows:
-            if target.state in ("revoked", "expired") and target.lease_id not in planned_ids:
-                outcome = "already_revoked" if target.state == "revoked" else "expired"
-                report.results.append(Result(target, True, outcome, None, now))
         unknown = [
             Target.unknown(lease_id, app.env.vault_namespace(), addr)
             for lease_id in dict.fromkeys(selection.lease_ids)
