@@ -27,15 +27,38 @@ from broker.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import hvac
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 3.0  # seconds per request: the Rust SDK gives a credential helper 5 s in all
+DEFAULT_TIMEOUT = 3.0  # seconds per request in total: the Rust SDK gives a credential helper 5 s in all
+MAX_BODY_BYTES = 4 << 20  # a Vault answer larger than this is not Vault's: refused, not buffered
+MAX_REDIRECTS = 3
 DEFAULT_RETRY_SECONDS = 2.0  # total time spent retrying connection errors, 429, 502 and 503
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
+
+
+def strip_userinfo(addr: str) -> str:
+    """`addr` without any `user:password@` (never shown, sent or stored); a malformed URL is kept
+    only up to where it stops parsing."""
+    try:
+        parts = urllib.parse.urlsplit(addr)
+        netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return addr.split("://", 1)[0] + "://<malformed>" if "://" in addr else "<malformed address>"
+
+
+def vault_origin(addr: str) -> tuple[str, str, int | None, str]:
+    """What makes two Vault addresses the same Vault: scheme, host, port (defaulted) and path."""
+    try:
+        parts = urllib.parse.urlsplit(addr.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return ("", addr, None, "")
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
 
 
 def _env_seconds(name: str, raw: str, default: float) -> float:
@@ -48,6 +71,101 @@ def _env_seconds(name: str, raw: str, default: float) -> float:
     if not 0 < value <= 600:
         raise UsageError(f"{name}={raw!r} must be between 0 and 600 seconds")
     return value
+
+
+class RedirectRefused(Exception):
+    """Vault answered with a redirect broker does not follow (another origin, or https to http)."""
+
+
+class TooLarge(Exception):
+    """Vault's answer was larger than MAX_BODY_BYTES."""
+
+
+class DeadlineExceeded(Exception):
+    """A Vault request did not end (headers and body) within its total deadline."""
+
+
+def bounded_session(addr: str, deadline_seconds: float) -> Any:
+    """A requests.Session whose every request ends within `deadline_seconds` in total (connect,
+    headers and body: a Vault dripping one byte a second is cut off), reads at most MAX_BODY_BYTES
+    of body, and follows a redirect only to `addr`'s own origin (a standby pointing at itself
+    through a load balancer); any other redirect raises RedirectRefused, so the token is never
+    sent elsewhere."""
+    import requests
+    import requests.adapters
+
+    home = vault_origin(addr)[:3]
+
+    class BoundedAdapter(requests.adapters.HTTPAdapter):
+        def send(
+            self,
+            request: requests.PreparedRequest,
+            stream: bool = False,
+            timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+            verify: bool | str = True,
+            cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+            proxies: Mapping[str, str] | None = None,
+        ) -> requests.Response:
+            ends = time.monotonic() + deadline_seconds
+            response = super().send(
+                request,
+                stream=True,
+                timeout=(deadline_seconds, deadline_seconds),
+                verify=verify,
+                cert=cert,
+                proxies=proxies,
+            )
+            if response.is_redirect:
+                target = urllib.parse.urljoin(request.url or "", response.headers.get("location", ""))
+                if vault_origin(target)[:3] != home:
+                    response.close()
+                    raise RedirectRefused(strip_userinfo(target))
+            _read_bounded(response, ends)
+            return response
+
+    session = requests.Session()
+    session.max_redirects = MAX_REDIRECTS
+    adapter = BoundedAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _read_bounded(response: Any, ends: float) -> None:
+    """Read `response`'s body into it, by whatever the socket has, until `ends` or MAX_BODY_BYTES."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        response.close()
+        raise TooLarge(length)
+    raw = response.raw
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    body = bytearray()
+    try:
+        while True:
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded()
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(65536) if hasattr(raw, "read1") else raw.read(65536)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise TooLarge(str(len(body)))
+    except (DeadlineExceeded, TooLarge):
+        response.close()
+        raise
+    except Exception as exc:  # socket timeouts surface as urllib3 errors here, not requests ones
+        response.close()
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            raise DeadlineExceeded() from None
+        import requests
+
+        raise requests.exceptions.ChunkedEncodingError(_short(exc)) from None
+    response._content = bytes(body)  # noqa: SLF001 - what requests does itself without stream=True
+    response._content_consumed = True  # noqa: SLF001
+    response.close()
 
 
 @dataclass(frozen=True)
@@ -144,9 +262,8 @@ class Vault:
     def client(self, namespace: str = "") -> hvac.Client:
         if namespace not in self._clients:
             import hvac
-            import requests
 
-            session = requests.Session()
+            session = bounded_session(self.settings.addr, self.settings.timeout)
             session.verify = self.settings.verify  # hvac copies session.verify over verify=
             if self.settings.verify is False:  # VAULT_SKIP_VERIFY: say so once, in our own words
                 import urllib3
@@ -328,12 +445,25 @@ class Vault:
         while True:
             try:
                 return fn()
-            except requests.exceptions.JSONDecodeError:
+            except RedirectRefused as exc:
+                raise VaultBadResponse(
+                    f"Vault at {self.addr} redirected {what} to {exc}; broker follows no redirect to another "
+                    "address (the token would go there): set VAULT_ADDR to the address Vault names"
+                ) from None
+            except TooLarge:
+                raise VaultBadResponse(
+                    f"{self.addr} answered {what} with more than {MAX_BODY_BYTES >> 20} MB; that is not Vault's answer"
+                ) from None
+            except (requests.exceptions.JSONDecodeError, requests.exceptions.TooManyRedirects):
                 raise VaultBadResponse(
                     f"{self.addr} answered {what} with something that is not Vault's JSON; "
                     "is VAULT_ADDR a Vault server?"
                 ) from None
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                DeadlineExceeded,
+                requests.exceptions.ReadTimeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 if not retry_read_timeout:
                     raise VaultTimeout(
                         f"Vault at {self.addr} did not answer {what} within {self.settings.timeout:g}s "

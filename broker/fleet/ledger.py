@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 # The shared schema this code reads and writes, and every revision it knows (oldest first).
 # tests/test_fleet_ledger.py checks both against migrations/fleet/versions.
-SCHEMA_HEAD = "f002"
-KNOWN_REVISIONS = ("f001", "f002")
+SCHEMA_HEAD = "f003"
+KNOWN_REVISIONS = ("f001", "f002", "f003")
 
 CONNECT_TIMEOUT_SECONDS = 3  # libpq's minimum is 2
 STATEMENT_TIMEOUT_MS = 15_000
@@ -140,6 +140,7 @@ class FleetLedger:
         self.url = parse_url(raw_url)
         self.masked = mask_url(raw_url)
         self._secrets = [s for s in (self.url.password, env.pgpassword) if s]
+        self._host = env.host_name()
         self._engine: Engine | None = None
         self._checked = False
 
@@ -184,6 +185,11 @@ class FleetLedger:
         orig = getattr(exc, "orig", None) or exc
         sqlstate = getattr(orig, "sqlstate", None) or ""
         reason = self._reason(exc)
+        if sqlstate == "42501" and "row-level security" in reason:
+            return FleetDenied(
+                f"the fleet ledger {self.masked} refused {what}: this login may not push rows for host "
+                f"{self._host!r}; the database owner allows it in fleet_host_logins (see the README)"
+            )
         if sqlstate == "42501":
             return FleetDenied(
                 f"the fleet ledger {self.masked} denied {what}: {reason}; check this role's GRANTs (see the README)"

@@ -1,0 +1,287 @@
+# ruff: noqa: F811 - the PostgreSQL fixtures come from tests/support/pg.py, imported by name
+"""Issue 12: a hostile Vault, a hostile neighbour, a hostile fleet row. Each test plays the attack
+against real parts (an HTTP listener on loopback, real broker processes) and checks that the
+token, the credential and the responder's reach stay where they should."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.support.brokerproc import assert_one_line_error, credential, run_broker
+from tests.support.pg import Host, fleet_db, pg  # noqa: F401 - pytest fixtures
+from tests.support.vault_double import VaultDouble, setup_standard_roles
+
+
+@dataclass
+class Capture:
+    """What a hostile listener saw: every request's path and headers."""
+
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def tokens(self) -> list[str]:
+        return [h.get("x-vault-token", "") for _, _, h in self.requests]
+
+
+class HostileListener:
+    """An HTTP server on loopback that answers every request with `status` and records it."""
+
+    def __init__(self, port: int = 0, *, status: int = 204, body: bytes = b"", headers: dict[str, str] | None = None):
+        capture = self.capture = Capture()
+        reply_status, reply_body, reply_headers = status, body, headers or {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(min(length, 1 << 20))
+                capture.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                self.send_response(reply_status)
+                for name, value in reply_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply_body)))
+                self.end_headers()
+                self.wfile.write(reply_body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_LIST = _any  # noqa: N815
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def listener_factory() -> Iterator:
+    made: list[HostileListener] = []
+
+    def make(port: int = 0, **kwargs: object) -> HostileListener:
+        listener = HostileListener(port, **kwargs)  # type: ignore[arg-type]
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        listener.stop()
+
+
+def _rows(*columns: str) -> list[tuple]:
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        return db.execute(f"SELECT {', '.join(columns)} FROM leases ORDER BY id").fetchall()  # noqa: S608
+
+
+# -- 1. the token goes only to the Vault it is meant for ---------------------------------------------------
+
+
+@pytest.fixture
+def throwaway_then_production(moto_server, monkeypatch, listener_factory):
+    """Issue from a throwaway Vault on port P, stop it, switch to a production Vault and token,
+    and let a neighbour listen on P."""
+    throwaway = VaultDouble(moto_server.endpoint, root_token="throwaway-token").start()  # noqa: S106
+    setup_standard_roles(throwaway)
+    port = urllib.parse.urlsplit(throwaway.url).port
+    assert port
+    monkeypatch.setenv("VAULT_ADDR", throwaway.url)
+    monkeypatch.setenv("VAULT_TOKEN", throwaway.root_token)
+    credential("--mount", "aws", "--role", "ci")  # renewable iam_user
+    credential("--mount", "aws", "--role", "deploy")
+    throwaway.stop()
+    production = VaultDouble(moto_server.endpoint, root_token="production-token").start()  # noqa: S106
+    setup_standard_roles(production)
+    monkeypatch.setenv("VAULT_ADDR", production.url)
+    monkeypatch.setenv("VAULT_TOKEN", production.root_token)
+    hostile = listener_factory(port)
+    try:
+        yield hostile, production, throwaway.url
+    finally:
+        production.stop()
+
+
+@pytest.mark.parametrize("command", [["renew", "--all"], ["revoke", "--all", "--yes"]])
+def test_lease_operations_never_send_the_token_to_a_recorded_address(throwaway_then_production, command):
+    hostile, production, old_url = throwaway_then_production
+    result = run_broker(*command)
+    assert hostile.capture.requests == []
+    assert "production-token" not in json.dumps(hostile.capture.requests)
+    assert result.returncode != 0
+    assert "other vault" in result.stdout.replace("_", " ")
+    assert old_url in result.stdout + result.stderr
+    # the rows of the other Vault are left as they are: active, secret kept, no error written
+    assert [(state, err) for state, err in _rows("state", "revoke_error")] == [("active", None)] * 2
+    assert not [path for _, path in production.requests if "/sys/leases/" in path]  # meaningless there
+
+
+def test_revoke_prefix_goes_only_to_the_configured_vault(throwaway_then_production):
+    hostile, production, old_url = throwaway_then_production
+    result = run_broker("revoke", "--mount", "aws", "--role", "deploy", "--prefix", "--yes")
+    assert hostile.capture.requests == []
+    assert old_url not in result.stdout.split("note:")[0].split("revoke-prefix", 1)[-1]
+    assert production.url in result.stdout
+
+
+# -- 2. no redirect carries the token elsewhere --------------------------------------------------------------
+
+
+def test_a_redirect_to_another_origin_is_refused_and_the_token_stays_home(vault, listener_factory):
+    hostile = listener_factory(body=b'{"data": {}}', headers={"Content-Type": "application/json"})
+    vault.inject_fault("redirect", count=5, path_contains="aws/creds/deploy", location=hostile.url)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "deploy")
+    assert hostile.capture.requests == []
+    assert result.stdout == ""
+    assert_one_line_error(result, contains="redirect")
+    assert hostile.url in result.stderr
+
+
+def test_a_redirect_to_the_configured_origin_is_followed(vault):
+    vault.inject_fault("redirect", count=1, path_contains="aws/creds/deploy", location=vault.url)
+    assert credential("--mount", "aws", "--role", "deploy")["AccessKeyId"] == vault.issued[-1].access_key
+
+
+# -- 3. bounded in total, not per read --------------------------------------------------------------------------
+
+
+def test_a_dripping_vault_is_cut_off_at_the_total_deadline(vault, monkeypatch):
+    monkeypatch.setenv("BROKER_VAULT_TIMEOUT", "2")
+    vault.inject_fault("drip", count=1, path_contains="aws/creds/deploy", interval=0.5)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "deploy", timeout=45)
+    assert result.stdout == ""
+    assert_one_line_error(result, contains="did not answer")
+
+
+def test_a_dripping_vault_falls_back_to_the_still_valid_cached_credential(vault, monkeypatch):
+    first = credential("--mount", "aws", "--role", "deploy")
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:  # 10 minutes left of an hour: due for renewal
+        db.execute("UPDATE leases SET issued_at = strftime('%s','now') - 3000, expires_at = strftime('%s','now') + 600")
+    monkeypatch.setenv("BROKER_VAULT_TIMEOUT", "2")
+    vault.inject_fault("drip", count=1, path_contains="aws/creds/deploy", interval=0.5)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "deploy", timeout=45)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["AccessKeyId"] == first["AccessKeyId"]
+    assert "serving the cached credential" in result.stderr
+
+
+def test_a_huge_answer_is_refused_without_buffering_it(vault):
+    vault.inject_fault("huge", count=1, path_contains="aws/creds/deploy", megabytes=100)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "deploy", timeout=45)
+    assert result.stdout == ""
+    assert_one_line_error(result, contains="MB")
+
+
+# -- 4. a host login cannot speak for another host, nor steer a responder ------------------------------------
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+def _psql(pg, login: str, dbname: str, sql: str) -> subprocess.CompletedProcess:
+    """`psql` as `login`: what a hostile host with its own database password can run."""
+    return subprocess.run(
+        [PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host, "-p", str(pg.port), "-U", login, "-d", dbname],
+        input=sql,
+        env={"PATH": os.environ.get("PATH", ""), "PGPASSWORD": pg.password, "PGCONNECT_TIMEOUT": "5"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _plant(lease_id: str, host: str, role: str = "dev", mount: str = "aws", akid: str = "ASIAPLANTED") -> str:
+    return (
+        "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, namespace, mount, role, credential_type, "
+        "issued_at, expires_at, host, os_user) VALUES "
+        f"('{lease_id}', '{akid}', 'http://127.0.0.1:8200', '', '{mount}', '{role}', 'assumed_role', now(), "
+        f"now() + interval '1 hour', '{host}', 'mallory');\n"
+    )
+
+
+def test_a_host_login_cannot_plant_rows_for_other_hosts(tmp_path, pg, fleet_db):
+    Host(tmp_path, "web-1", pg.url("host_a", fleet_db))  # the owner allows host_a to be web-1
+    planted = _psql(pg, "host_a", fleet_db, "".join(_plant(f"aws/sts/dev/x{i}", f"invented-{i}") for i in range(50)))
+    assert planted.returncode != 0 and "row-level security" in planted.stderr
+    assert pg.query(fleet_db, "SELECT count(*) FROM fleet_leases") == [(0,)]
+    honest = _psql(pg, "host_a", fleet_db, _plant("aws/sts/dev/own", "web-1"))
+    assert honest.returncode == 0, honest.stderr
+    assert pg.query(fleet_db, "SELECT host, db_user FROM fleet_leases") == [("web-1", "host_a")]
+    # nor may it add names to its own allow-list, or pose as another login
+    widen = _psql(pg, "host_a", fleet_db, "INSERT INTO fleet_host_logins VALUES ('host_a', 'invented-1');")
+    assert widen.returncode != 0 and "permission denied" in widen.stderr
+    other = _psql(
+        pg,
+        "host_a",
+        fleet_db,
+        _plant("aws/sts/dev/y", "web-1")
+        .replace("os_user)", "os_user, db_user)")
+        .replace("'mallory')", "'mallory', 'host_b')"),
+    )
+    assert other.returncode != 0
+
+
+def test_broker_says_which_host_name_a_login_may_not_push(tmp_path, pg, fleet_db):
+    host = Host(tmp_path, "payments-db-1", pg.url("host_a", fleet_db))
+    pg.query(fleet_db, "DELETE FROM fleet_host_logins WHERE host = 'payments-db-1'")  # the owner never allowed it
+    host.add_leases(1)
+    result = host.broker("ledger", "sync")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "fleet_host_logins" in result.stderr and "payments-db-1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_planted_lease_id_cannot_steer_a_responders_revoke(tmp_path, pg, fleet_db, vault, aws_env):
+    vault.add_role("aws", "dev", "assumed_role")
+    host = Host(tmp_path, "web-1", pg.url("host_a", fleet_db))
+    host.add_leases(0, role="dev", issued=[credential_issued(vault, "dev")])
+    assert host.broker("ledger", "sync").returncode == 0
+    planted = [
+        _plant("database/creds/payments-prod/2f1b9c0e", "web-1", akid="ASIAPLANT1"),
+        _plant("aws/creds/payments-prod/7cbd1a2e", "web-1", akid="ASIAPLANT2"),
+        _plant("aws/sts/dev/../../sys/x", "web-1", akid="ASIAPLANT3"),
+    ]
+    assert _psql(pg, "host_a", fleet_db, "".join(planted)).returncode == 0
+    desk = Host(tmp_path, "desk-1", pg.url("resp_1", fleet_db), user="oncall")
+    result = desk.broker("revoke", "--fleet", "--role", "dev", "--yes", "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.returncode != 0
+    outcomes = {lease["lease_id"]: (lease["result"], lease["error"] or "") for lease in report["leases"]}
+    assert outcomes[vault.issued[-1].lease_id][0] == "revoked"
+    for sql in planted:
+        lease_id = sql.split("('", 1)[1].split("'", 1)[0]
+        result_, error = outcomes[lease_id]
+        assert result_ == "failed" and "refused" in error and "host_a" in error
+    assert vault.revoke_calls == [vault.issued[-1].lease_id]
+    assert {lease["db_user"] for lease in report["leases"]} == {"host_a"}
+    table = desk.broker("leases", "--fleet")
+    assert "PUSHED BY" in table.stdout and "host_a" in table.stdout
+
+
+def credential_issued(vault, role: str):
+    """One lease the double really holds, issued straight through its API."""
+    import requests
+
+    with requests.Session() as http:
+        http.trust_env = False
+        reply = http.post(
+            f"{vault.url}/v1/aws/sts/{role}",
+            json={"ttl": "1h"},
+            headers={"X-Vault-Token": vault.root_token},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+    return vault.issued[-1]
