@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 from tests.support.brokerproc import assert_one_line_error, credential, run_broker
 from tests.support.pg import Host, fleet_db, pg  # noqa: F401 - pytest fixtures
 from tests.support.vault_double import VaultDouble, setup_standard_roles
+from tests.test_serve import read_lines, serving  # noqa: F401 - a pytest fixture
 
 
 @dataclass
@@ -285,3 +287,46 @@ def credential_issued(vault, role: str):
         )
         assert reply.status_code == 200, reply.text
     return vault.issued[-1]
+
+
+# -- 5. the credential server cannot be starved by a neighbour ----------------------------------------------
+
+NEIGHBOUR = r"""
+import select, socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for i in range(count):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if i % 2:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a slow request head, never finished
+    held.append(s)
+print("ready", flush=True)
+closed, deadline = set(), time.monotonic() + 20
+while len(closed) < count and time.monotonic() < deadline:
+    ready, _, _ = select.select([s for s in held if s.fileno() not in closed], [], [], 0.5)
+    for s in ready:
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            closed.add(s.fileno())
+print(len(closed), flush=True)
+"""
+
+
+def test_idle_sockets_of_a_neighbour_do_not_starve_the_credential_server(serving):
+    port = urllib.parse.urlsplit(serving.url).port
+    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(port), "400"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert read_lines(neighbour.stdout, 1, timeout=30) == ["ready"]
+        status, body = serving.get({"Authorization": serving.token})
+        assert status == 200 and body["AccessKeyId"]
+        assert serving.get()[0] == 403
+        out, _ = neighbour.communicate(timeout=40)
+        assert int(out.split()[-1]) == 400  # every idle or slow socket was cut off by the server
+    finally:
+        if neighbour.poll() is None:
+            neighbour.kill()
+            neighbour.communicate(timeout=5)
+    assert serving.get({"Authorization": serving.token})[0] == 200
