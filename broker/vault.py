@@ -337,8 +337,10 @@ class Vault:
                 f"{self.addr} answered {request_path} with something that is not Vault's JSON; "
                 f"is VAULT_ADDR a Vault server?"
             )
-        lease_id = str(response.get("lease_id") or "")
-        namespace = namespace_of_lease(header_namespace, request_path, lease_id)
+        raw_lease_id = response.get("lease_id") or ""
+        lease_id = raw_lease_id if isinstance(raw_lease_id, str) else ""
+        lease_ok = lease_id_under(lease_id, request_path)
+        namespace = namespace_of_lease(header_namespace, request_path, lease_id) if lease_ok else header_namespace
         data = response.get("data")
         if not isinstance(data, dict):
             data = {}
@@ -350,10 +352,22 @@ class Vault:
             problem = "had no access_key/secret_key"
         elif duration <= 0:
             problem = "had neither lease_duration nor data.ttl"
+        else:
+            problem = answer_problem(lease_id, lease_ok, access_key, secret_key, token, duration, data.get("arn"))
         if problem:
-            if lease_id:
-                self.revoke_quietly(lease_id, namespace)
-            raise VaultBadResponse(f"Vault's answer for {request_path} {problem}; nothing was recorded or served")
+            revoked = bool(lease_id) and lease_ok and self.revoke_quietly(lease_id, namespace)
+            outcome = (
+                f"revoked lease {lease_id}"
+                if revoked
+                else "nothing to revoke"
+                if not lease_id
+                else "could NOT revoke it: revoke it by hand"
+                if lease_ok
+                else "its lease id was not revoked (not a path under the request)"
+            )
+            raise VaultBadResponse(
+                f"Vault's answer for {request_path} {problem}; nothing was recorded or served ({outcome})"
+            )
         assert isinstance(access_key, str) and isinstance(secret_key, str)  # checked above; tells mypy
         credential_type = recorded_type(credential_type, data, token)
         arn = data.get("arn")
@@ -506,6 +520,59 @@ class Vault:
             log.info("%s; retrying in %.1fs", error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+MAX_LEASE_SECONDS = 366 * 86400
+_ACCESS_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_LEASE_SUFFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def printable_token(value: object, longest: int) -> bool:
+    """Printable ASCII without whitespace (0x21-0x7e), 1 to `longest` characters."""
+    return isinstance(value, str) and 0 < len(value) <= longest and all("!" <= c <= "~" for c in value)
+
+
+def lease_id_under(lease_id: str, request_path: str) -> bool:
+    """Whether `lease_id` is `<request path>/<suffix>` (the request path seen inside a namespace
+    may lack the namespace prefix a mount was written with; vault-api.md 1.5). Empty: no lease."""
+    if not lease_id:
+        return True
+    path, _, suffix = lease_id.rpartition("/")
+    return (
+        len(lease_id) <= 1024
+        and bool(path)
+        and bool(suffix)
+        and set(suffix) <= _LEASE_SUFFIX_CHARS
+        and ".." not in path.split("/")
+        and (path == request_path or request_path.endswith("/" + path))
+        and printable_token(lease_id, 1024)
+    )
+
+
+def answer_problem(
+    lease_id: str,
+    lease_ok: bool,
+    access_key: str,
+    secret_key: str,
+    token: object,
+    duration: int,
+    arn: object,
+) -> str | None:
+    """What makes an issued credential unusable as data, or None. Everything Vault sends ends up in
+    config files, shells and terminals: only plain tokens of bounded length pass."""
+    if not lease_ok:
+        return f"had a lease id {lease_id[:80]!r} that is not a path under the request"
+    if not (16 <= len(access_key) <= 128 and set(access_key) <= _ACCESS_KEY_CHARS):
+        return "had an access_key that is not an AWS access key id"
+    if not printable_token(secret_key, 256):
+        return "had a secret_key with whitespace, control characters or over 256 characters"
+    if token is not None and not printable_token(token, 16384):
+        return "had a session token with whitespace, control characters or over 16384 characters"
+    if duration > MAX_LEASE_SECONDS:
+        return f"had a lease_duration of {duration}s, over a year"
+    if arn is not None and not printable_token(arn, 2048):
+        return "had an arn with whitespace or control characters"
+    return None
 
 
 def _int(value: object) -> int:

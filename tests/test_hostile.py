@@ -330,3 +330,57 @@ def test_idle_sockets_of_a_neighbour_do_not_starve_the_credential_server(serving
             neighbour.kill()
             neighbour.communicate(timeout=5)
     assert serving.get({"Authorization": serving.token})[0] == 200
+
+
+# -- 6. data from Vault is data -------------------------------------------------------------------------------
+
+INJECTED_SECRET = "wJalrXUtnFEMI/K7MDENG\n[profile evil]\ncredential_process = sh -c 'touch /tmp/pwned'"
+
+
+def _vault_answer(**changes: object) -> bytes:
+    answer: dict = {
+        "request_id": "r",
+        "lease_id": "aws/creds/ci/abcdefghijklmnopqrstuvwx",
+        "lease_duration": 3600,
+        "renewable": True,
+        "data": {"access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG", "session_token": None},
+    }
+    data = changes.pop("data", {})
+    answer.update(changes)
+    answer["data"].update(data)
+    return json.dumps(answer).encode()
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (_vault_answer(data={"secret_key": INJECTED_SECRET}), "secret_key"),
+        (_vault_answer(data={"access_key": "AKIA\x1b]0;pwned\x07"}), "access_key"),
+        (_vault_answer(data={"session_token": "tok en"}), "session token"),
+        (_vault_answer(lease_id="database/creds/payments-prod/abc"), "lease id"),
+        (_vault_answer(lease_duration=10 * 366 * 86400), "lease_duration"),
+    ],
+    ids=["secret-with-newlines", "key-with-escape", "token-with-space", "lease-elsewhere", "ten-years"],
+)
+def test_a_hostile_vault_answer_is_refused_in_one_line_and_revoked(listener_factory, monkeypatch, answer, words):
+    hostile = listener_factory(status=200, body=answer, headers={"Content-Type": "application/json"})
+    monkeypatch.setenv("VAULT_ADDR", hostile.url)
+    monkeypatch.setenv("VAULT_TOKEN", "t")
+    result = run_broker("credential-process", "--mount", "aws", "--role", "ci")
+    assert_one_line_error(result, contains=words)
+    assert "pwned" not in result.stderr and "\x1b" not in result.stderr
+    revokes = [path for method, path, _ in hostile.capture.requests if "sys/leases/revoke" in path]
+    assert bool(revokes) == (words != "lease id")  # a lease id outside the request is never acted on
+    export = run_broker("export", "--mount", "aws", "--role", "ci", "--format", "ini")
+    assert export.returncode != 0 and "credential_process" not in export.stdout
+
+
+def test_control_characters_and_formulas_are_escaped_in_tables_and_csv(vault):
+    credential("--mount", "aws", "--role", "deploy")
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        db.execute("UPDATE leases SET role_session_name = ?, profile = ?", ("\x1b]0;owned\x07x", "=HYPERLINK(1)"))
+    table = run_broker("leases")
+    assert table.returncode == 0 and "\x1b" not in table.stdout and "\\x1b]0;owned\\x07x" in table.stdout
+    listed = run_broker("leases", "--format", "csv")
+    assert "'=HYPERLINK(1)" in listed.stdout  # csv keeps the data, but no formula starts a cell
+    assert not [cell for line in listed.stdout.splitlines() for cell in line.split(",") if cell.startswith("=")]
