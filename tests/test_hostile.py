@@ -384,3 +384,58 @@ def test_control_characters_and_formulas_are_escaped_in_tables_and_csv(vault):
     listed = run_broker("leases", "--format", "csv")
     assert "'=HYPERLINK(1)" in listed.stdout  # csv keeps the data, but no formula starts a cell
     assert not [cell for line in listed.stdout.splitlines() for cell in line.split(",") if cell.startswith("=")]
+
+
+# -- 7. shell-safe config lines -------------------------------------------------------------------------------
+
+
+def test_a_db_path_with_shell_syntax_runs_nothing_under_sh(vault, tmp_path, monkeypatch):
+    import configparser
+
+    marker = tmp_path / "pwned"
+    db = tmp_path / f"$(touch {marker})" / "`touch {marker}`" / "broker.db"
+    args = ["profile", "add", "dev", "--mount", "aws", "--role", "deploy", "--write-aws-config"]
+    result = run_broker("--db", str(db), *args)
+    assert result.returncode == 0, result.stderr
+    config = configparser.RawConfigParser()
+    config.read(os.environ["AWS_CONFIG_FILE"])
+    value = config["profile dev"]["credential_process"]
+    ran = subprocess.run(["sh", "-c", value], capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert not marker.exists()
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["AccessKeyId"]
+    refused = run_broker("--db", str(tmp_path / "it's" / "broker.db"), *args)
+    assert refused.returncode != 0 and "single quote" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# -- 8. the child gets credentials, not broker's secrets ---------------------------------------------------------
+
+CHILD = (
+    "import json, os, sys;"
+    "from botocore.session import Session;"
+    "creds = Session().get_credentials();"
+    "print(json.dumps({'env': dict(os.environ), 'method': creds.method if creds else None}))"
+)
+
+
+@pytest.mark.parametrize("mode", [[], ["--server"]], ids=["env", "server"])
+def test_exec_children_get_credentials_not_brokers_secrets(vault, aws_env, tmp_path, monkeypatch, mode):
+    from broker import crypto
+    from tests.test_exec import add_profile
+
+    add_profile("dev", "--mount", "aws", "--role", "deploy", "--region", "eu-west-1")
+    web_token = tmp_path / "web-identity-token"
+    web_token.write_text("eyJhbGciOi.fake.token")
+    monkeypatch.setenv("BROKER_KEY", crypto.new_key_text())
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/ci-web-identity")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(web_token))
+    result = run_broker("exec", *mode, "dev", "--", sys.executable, "-c", CHILD)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    for name in ("VAULT_TOKEN", "BROKER_KEY", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        assert name not in seen["env"], name
+    assert vault.root_token not in json.dumps(seen["env"])
+    assert seen["method"] == ("container-role" if mode else "env")
+    kept = run_broker("exec", *mode, "--keep-vault-token", "dev", "--", sys.executable, "-c", CHILD)
+    assert json.loads(kept.stdout)["env"]["VAULT_TOKEN"] == vault.root_token
+    assert "BROKER_KEY" not in json.loads(kept.stdout)["env"]
