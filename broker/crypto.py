@@ -75,11 +75,23 @@ def runtime_copy(env: settings.Env) -> str | None:
     return os.path.join(base, "broker", "key")
 
 
+def _check_private(path: str, what: str) -> None:
+    """Refuse a key file or directory another user owns or group/others may write: whoever can
+    replace the key can read every secret sealed with it afterwards (and plant blobs)."""
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise KeyUnusable(f"{what} {path} is owned by uid {info.st_uid}, not you; refusing to use it")
+    if info.st_mode & 0o022:
+        raise KeyUnusable(f"{what} {path} is writable by group or others; chmod go-w it (0700/0600)")
+
+
 def _read(path: str | None, where: str) -> bytes | None:
     if not path:
         return None
     try:
         with open(path, encoding="ascii") as handle:
+            _check_private(os.path.dirname(path) or ".", "key directory")
+            _check_private(path, "key file")
             return _decode(handle.read(), where)
     except FileNotFoundError:
         return None

@@ -439,3 +439,55 @@ def test_exec_children_get_credentials_not_brokers_secrets(vault, aws_env, tmp_p
     kept = run_broker("exec", *mode, "--keep-vault-token", "dev", "--", sys.executable, "-c", CHILD)
     assert json.loads(kept.stdout)["env"]["VAULT_TOKEN"] == vault.root_token
     assert "BROKER_KEY" not in json.loads(kept.stdout)["env"]
+
+
+# -- 9. small ones ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db.internal user=host_a password=s3cretpw dbname=broker",
+        "host=db.internal password='s3cret pw' user=host_a",
+        "postgresql://host_a:s3cretpw@[db.internal/broker",
+        "postgresql://host_a:s3cretpw@db.internal:99999999/broker",
+        "postgresql://db.internal/broker?password=s3cretpw",
+    ],
+)
+def test_fleet_dsns_never_show_their_password(dsn):
+    from broker.fleet.ledger import mask_url
+
+    assert "s3cret" not in mask_url(dsn)
+    result = run_broker("ledger", "status", env={"BROKER_LEDGER_URL": dsn})
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_vault_addr_userinfo_is_never_stored_or_shown(vault, monkeypatch):
+    monkeypatch.setenv("VAULT_ADDR", vault.url.replace("http://", "http://bob:hunter2pw@"))
+    credential("--mount", "aws", "--role", "deploy")
+    assert "hunter2pw" not in str(_rows("vault_addr", "cache_key"))
+    vault.sealed = True
+    failed = run_broker("credential-process", "--mount", "aws", "--role", "ci")
+    listed = run_broker("leases", "--format", "json")
+    doctor = run_broker("doctor")
+    assert failed.returncode != 0
+    for result in (failed, listed, doctor):
+        assert "hunter2pw" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+@pytest.mark.parametrize("what", ["file-owner", "file-mode", "dir-mode"])
+def test_a_key_file_another_user_could_replace_is_refused(vault, what):
+    from broker import crypto, settings
+
+    credential("--mount", "aws", "--role", "deploy")
+    path = crypto.key_file(settings.load())
+    if what == "file-owner":
+        os.chown(path, 65534, 65534)  # nobody: a second OS user
+    elif what == "file-mode":
+        os.chmod(path, 0o666)
+    else:
+        os.chmod(os.path.dirname(path), 0o777)
+    result = run_broker("credential-process", "--mount", "aws", "--role", "deploy")
+    assert_one_line_error(result, contains="key")
+    assert "refusing" in result.stderr or "writable" in result.stderr

@@ -88,10 +88,17 @@ def _authority(raw: str) -> str:
     return rest.split("/", 1)[0].split("?", 1)[0]
 
 
+_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)""", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&;])[^=&]*password[^=&]*=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(raw: str) -> str:
-    """The URL as the user gave it, with any password replaced by ***."""
+    """The URL (or libpq keyword DSN) as the user gave it, with any password replaced by ***;
+    a malformed URL loses everything between its scheme and its last '@' but the user name."""
     from sqlalchemy.engine import make_url
 
+    if "://" not in raw:  # a libpq keyword DSN: host=db user=u password='p w'
+        return _KEYWORD_PASSWORD.sub(r"\1***", raw)
     if _authority(raw).count("@") > 1:  # an unescaped @ in the password: hide all before the last @
         scheme = raw.split("://", 1)[0] + "://" if "://" in raw else ""
         host_part = raw.split("://", 1)[-1].rsplit("@", 1)[1]
@@ -99,7 +106,11 @@ def mask_url(raw: str) -> str:
     try:
         url = make_url(raw)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown only as a hint
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", raw.split("?", 1)[0])
+        scheme, _, rest = raw.partition("://")
+        if "@" in rest:
+            user = rest.rsplit("@", 1)[0].split(":", 1)[0]
+            rest = f"{user}:***@" + rest.rsplit("@", 1)[1]
+        return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}://{rest}")
     if url.query:
         url = url.update_query_dict({k: "***" for k in url.query if "password" in k.lower()})
     return url.render_as_string(hide_password=True)
