@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 # Loosely typed on purpose: callers validate each field (profiles.check_*) before use.
 RequestFields = dict[str, "Any"]
 
-# A servable cache row, as HIT_QUERY selects it: (id, access_key_id, sealed_secret, started_at, expires_at).
-Hit = tuple[int, str, bytes, int, int]
+# A servable cache row, as HIT_QUERY selects it:
+# (id, access_key_id, sealed_secret, started_at, expires_at, lease_id, sealed_token).
+Hit = tuple[int, str, bytes, int, int, str, bytes | None]
 
 # The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
 # of migrations/versions; db.py refuses databases whose revision it does not know.
@@ -38,7 +39,7 @@ PROFILE_QUERY = (
     "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type FROM profiles WHERE name = ?"
 )
 HIT_QUERY = (
-    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at FROM leases "
+    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at, lease_id, sealed_token FROM leases "
     "WHERE cache_key = ? AND state = 'active' AND secret IS NOT NULL AND expires_at > ? "
     "ORDER BY expires_at DESC LIMIT 1"
 )
@@ -93,8 +94,7 @@ def cache_key(vault_addr: str, namespace: str, request: RequestFields) -> str:
 
 
 def find_hit(conn: "sqlite3.Connection", key: str, now: float) -> Hit | None:
-    """The freshest cached row for `key` that may be served: (id, access_key_id, sealed_secret,
-    started_at, expires_at), or None."""
+    """The freshest cached row for `key` that may be served (see Hit), or None."""
     row: Hit | None = conn.execute(HIT_QUERY, (key, int(now))).fetchone()
     if row is None or not reusable(row[3], row[4], now):
         return None

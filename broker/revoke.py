@@ -120,12 +120,13 @@ _MARK_REVOKED = (
         revoked_by=bindparam("by"),
         revoke_error=None,
         secret=None,
+        sealed_token=None,
     )
 )
 _MARK_FAILED = (
     update(_LEASES)
     .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
-    .values(revoke_error=bindparam("error"), secret=None)
+    .values(revoke_error=bindparam("error"), secret=None, sealed_token=None)
 )
 
 
@@ -136,7 +137,11 @@ def wipe_secrets(app: App, targets: Iterable[Target]) -> None:
         return
     with app.transaction() as session:
         for start in range(0, len(ids), bulk.CHUNK):
-            session.execute(update(Lease).where(Lease.id.in_(ids[start : start + bulk.CHUNK])).values(secret=None))
+            session.execute(
+                update(Lease)
+                .where(Lease.id.in_(ids[start : start + bulk.CHUNK]))
+                .values(secret=None, sealed_token=None)
+            )
 
 
 def mark_results(app: App, results: Sequence[Result], revoked_by: str) -> None:

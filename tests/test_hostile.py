@@ -491,3 +491,16 @@ def test_a_key_file_another_user_could_replace_is_refused(vault, what):
     result = run_broker("credential-process", "--mount", "aws", "--role", "deploy")
     assert_one_line_error(result, contains="key")
     assert "refusing" in result.stderr or "writable" in result.stderr
+
+
+def test_a_sealed_blob_copied_into_another_row_does_not_open(vault):
+    first = credential("--mount", "aws", "--role", "deploy")
+    second = credential("--mount", "aws", "--role", "fed")
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        rows = db.execute("SELECT id, secret, sealed_token FROM leases ORDER BY id").fetchall()
+        assert all(secret and token for _, secret, token in rows)  # secret and token sealed apart
+        (one, secret, token), (two, _, _) = rows
+        db.execute("UPDATE leases SET secret = ?, sealed_token = ? WHERE id = ?", (secret, token, two))
+    again = credential("--mount", "aws", "--role", "fed")
+    assert again["SecretAccessKey"] != first["SecretAccessKey"]
+    assert again["AccessKeyId"] != second["AccessKeyId"]  # the planted row was discarded, a new one issued

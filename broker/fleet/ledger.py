@@ -199,7 +199,8 @@ class FleetLedger:
         if sqlstate == "42501" and "row-level security" in reason:
             return FleetDenied(
                 f"the fleet ledger {self.masked} refused {what}: this login may not push rows for host "
-                f"{self._host!r}; the database owner allows it in fleet_host_logins (see the README)"
+                f"{self._host!r} (or another host name a row names); the database owner allows a login its "
+                "host names in fleet_host_logins (see the README)"
             )
         if sqlstate == "42501":
             return FleetDenied(
@@ -522,7 +523,7 @@ def pull(app: App) -> int:
                 session.execute(
                     update(Lease)
                     .where(Lease.id == row_id, Lease.state == "active")
-                    .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None)
+                    .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None, sealed_token=None)
                 )
         log.info("marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked))
     with app.transaction() as session:
