@@ -205,12 +205,14 @@ def _psql(pg, login: str, dbname: str, sql: str) -> subprocess.CompletedProcess:
     )
 
 
-def _plant(lease_id: str, host: str, role: str = "dev", mount: str = "aws", akid: str = "ASIAPLANTED") -> str:
+def _plant(
+    lease_id: str, host: str, role: str = "dev", mount: str = "aws", akid: str = "ASIAPLANTED", user: str = "mallory"
+) -> str:
     return (
         "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, namespace, mount, role, credential_type, "
         "issued_at, expires_at, host, os_user) VALUES "
         f"('{lease_id}', '{akid}', 'http://127.0.0.1:8200', '', '{mount}', '{role}', 'assumed_role', now(), "
-        f"now() + interval '1 hour', '{host}', 'mallory');\n"
+        f"now() + interval '1 hour', '{host}', '{user}');\n"
     )
 
 
@@ -255,6 +257,7 @@ def test_a_planted_lease_id_cannot_steer_a_responders_revoke(tmp_path, pg, fleet
         _plant("database/creds/payments-prod/2f1b9c0e", "web-1", akid="ASIAPLANT1"),
         _plant("aws/creds/payments-prod/7cbd1a2e", "web-1", akid="ASIAPLANT2"),
         _plant("aws/sts/dev/../../sys/x", "web-1", akid="ASIAPLANT3"),
+        _plant("aws/sts/other/x", "web-1", akid="ASIAPLANT4", user="=HYPERLINK(1)\x1b]0;owned\x07"),
     ]
     assert _psql(pg, "host_a", fleet_db, "".join(planted)).returncode == 0
     desk = Host(tmp_path, "desk-1", pg.url("resp_1", fleet_db), user="oncall")
@@ -271,6 +274,10 @@ def test_a_planted_lease_id_cannot_steer_a_responders_revoke(tmp_path, pg, fleet
     assert {lease["db_user"] for lease in report["leases"]} == {"host_a"}
     table = desk.broker("leases", "--fleet")
     assert "PUSHED BY" in table.stdout and "host_a" in table.stdout
+    assert "\x1b" not in table.stdout and "\\x1b]0;owned\\x07" in table.stdout
+    listed = desk.broker("leases", "--fleet", "--format", "csv")
+    assert "'=HYPERLINK(1)" in listed.stdout
+    assert not [cell for line in listed.stdout.splitlines() for cell in line.split(",") if cell.startswith("=")]
 
 
 def credential_issued(vault, role: str):
@@ -497,10 +504,28 @@ def test_a_sealed_blob_copied_into_another_row_does_not_open(vault):
     first = credential("--mount", "aws", "--role", "deploy")
     second = credential("--mount", "aws", "--role", "fed")
     with sqlite3.connect(os.environ["BROKER_DB"]) as db:
-        rows = db.execute("SELECT id, secret, sealed_token FROM leases ORDER BY id").fetchall()
-        assert all(secret and token for _, secret, token in rows)  # secret and token sealed apart
-        (one, secret, token), (two, _, _) = rows
-        db.execute("UPDATE leases SET secret = ?, sealed_token = ? WHERE id = ?", (secret, token, two))
+        rows = db.execute("SELECT id, secret, sealed_token, cache_key FROM leases ORDER BY id").fetchall()
+        assert all(secret and token for _, secret, token, _ in rows)  # secret and token sealed apart
+        (one, secret, token, _), (two, _, _, fed_key) = rows
+        # someone who can write the database re-labels the deploy row as the fed request's cache entry
+        db.execute("UPDATE leases SET state = 'revoked', secret = NULL WHERE id = ?", (two,))
+        db.execute("UPDATE leases SET cache_key = ? WHERE id = ?", (fed_key, one))
     again = credential("--mount", "aws", "--role", "fed")
-    assert again["SecretAccessKey"] != first["SecretAccessKey"]
-    assert again["AccessKeyId"] != second["AccessKeyId"]  # the planted row was discarded, a new one issued
+    assert again["AccessKeyId"] not in (first["AccessKeyId"], second["AccessKeyId"])  # not served: issued anew
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:  # a blob moved into the other field does not open
+        db.execute(
+            "UPDATE leases SET secret = sealed_token, sealed_token = secret WHERE access_key_id = ?",
+            (again["AccessKeyId"],),
+        )
+    assert credential("--mount", "aws", "--role", "fed")["AccessKeyId"] != again["AccessKeyId"]
+
+
+def test_origins_compare_scheme_host_and_port():
+    from broker.bulk import same_vault
+    from broker.vault import strip_userinfo, vault_origin
+
+    assert vault_origin("https://vault:8200/")[:3] != vault_origin("http://vault:8200")[:3]  # never https -> http
+    assert vault_origin("https://Vault:443")[:3] == vault_origin("https://vault")[:3]
+    assert same_vault("https://bob:pw@vault:8200/", "https://vault:8200")
+    assert not same_vault("http://127.0.0.1:8201", "http://127.0.0.1:8200")
+    assert strip_userinfo("https://bob:pw@vault:8200/v1") == "https://vault:8200/v1"
