@@ -77,11 +77,18 @@ def broker_argv() -> list[str]:
 
 
 def quote_arg(arg: str) -> str:
-    """Quote for the SDKs' splitting of credential_process (shlex on POSIX, double quotes only on
-    Windows): double quotes, with `"` and `\\` escaped, whenever the word is not plain."""
+    """Quote for both ways SDKs run credential_process: split like shlex (botocore) and handed to
+    `sh -c` (JS v3, Go v2, Java, .NET, Rust). POSIX single quotes mean the same to both, and
+    nothing inside them is expanded (`$()`, backticks, `$VAR`). A word with a single quote or a
+    control character cannot be written that way and is refused."""
     if _PLAIN_ARG.fullmatch(arg):
         return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "'" in arg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
+        raise UsageError(
+            f"cannot write {arg!r} into credential_process safely (a single quote or control character would "
+            "run differently under a shell); use a path without them"
+        )
+    return "'" + arg + "'"
 
 
 def credential_process_value(profile: str, db_path: str | None = None, default_db: str | None = None) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from broker import cache, listing
 from broker.errors import BrokerError, UsageError, one_line
 from broker.models import Lease
-from broker.vault import Vault, VaultSettings
+from broker.vault import Vault, VaultSettings, strip_userinfo, vault_origin
 
 if TYPE_CHECKING:
     from broker.app import App
@@ -64,6 +64,7 @@ class Target:
     os_user: str = ""
     recorded_vault_addr: str = ""  # fleet rows: the host's Vault address, for audit only
     identity: tuple[tuple[str, str | None], ...] = ()  # IDENTITY_FIELDS -> value, as the ledger has them
+    db_user: str = ""  # fleet rows: the database login that pushed the row (the host chose the rest)
 
     @classmethod
     def unknown(cls, lease_id: str, namespace: str, vault_addr: str) -> Target:
@@ -102,7 +103,7 @@ class Target:
         fields.update(dict.fromkeys(IDENTITY_FIELDS))
         fields.update(self.identity)
         if fleet:
-            fields.update(host=self.host, user=self.os_user)
+            fields.update(host=self.host, user=self.os_user, db_user=self.db_user)
         return fields
 
 
@@ -112,12 +113,35 @@ class Result:
 
     target: Target
     ok: bool
-    # revoke: revoked | failed | already_revoked | expired | not_in_ledger | would_revoke
-    # renew: renewed | capped | not_renewable | failed | expired | revoked
+    # revoke: revoked | failed | other_vault | already_revoked | expired | not_in_ledger | would_revoke
+    # renew: renewed | capped | not_renewable | failed | other_vault | expired | revoked
     outcome: str
     error: str | None = None
     at: int = 0
     expires_at: int | None = None  # a renewal's new end
+
+
+OTHER_VAULT = "other_vault"
+
+
+def same_vault(recorded: str, configured: str) -> bool:
+    """Whether a lease recorded at `recorded` lives in the Vault at `configured` (scheme, host,
+    port and path compared; userinfo, case of scheme/host and a trailing slash ignored). An empty
+    record (a lease id given by hand) means the configured Vault."""
+    return not recorded or vault_origin(recorded) == vault_origin(configured)
+
+
+def other_vault(target: Target, configured: str, now: int) -> Result:
+    """A lease another Vault issued: its lease id means nothing to the configured one, and the
+    configured token must not be sent to the recorded address. Reported; its row is left as is."""
+    return Result(
+        target,
+        False,
+        OTHER_VAULT,
+        f"issued by the Vault at {strip_userinfo(target.vault_addr)}, not the configured "
+        f"{strip_userinfo(configured)}; run this with VAULT_ADDR (and its token) set to that Vault",
+        now,
+    )
 
 
 def without_lease(target: Target, now: int) -> Result:
@@ -202,9 +226,11 @@ def local_targets_by_lease_id(app: App, lease_ids: Sequence[str], now: int) -> d
 
 
 class VaultPool:
-    """One Vault per (worker thread, address), kept for the whole run. A pool's threads replace
-    the last pool's, so a thread id is never shared by two live threads, and one connection per
-    worker serves every batch. Settings are read and checked once, before anything changes."""
+    """One Vault per worker thread, kept for the whole run, always at the configured address: the
+    token goes nowhere else, whatever address a row recorded (see `serves`). A pool's threads
+    replace the last pool's, so a thread id is never shared by two live threads, and one
+    connection per worker serves every batch. Settings are read and checked once, before anything
+    changes."""
 
     def __init__(self, base: VaultSettings):
         self.base = base
@@ -215,12 +241,24 @@ class VaultPool:
     def from_env(cls, env: Env) -> VaultPool:
         return cls(VaultSettings.from_env(env))
 
-    def get(self, addr: str) -> Vault:
-        key = (threading.get_ident(), addr or self.base.addr)
+    @property
+    def addr(self) -> str:
+        return self.base.addr
+
+    def serves(self, recorded_addr: str) -> bool:
+        """Whether a lease recorded at `recorded_addr` may be acted on with this pool's Vault."""
+        return same_vault(recorded_addr, self.base.addr)
+
+    def get(self, addr: str = "") -> Vault:
+        """The calling thread's Vault at the configured address. `addr` (a row's recorded address)
+        must be that Vault: anything else is refused, never connected to."""
+        if not self.serves(addr):
+            raise UsageError(f"refusing to send the Vault token to {strip_userinfo(addr)}: not the configured Vault")
+        key = (threading.get_ident(), self.base.addr)
         with self._lock:
             vault = self._made.get(key)
             if vault is None:
-                vault = self._made[key] = Vault(dataclasses.replace(self.base, addr=key[1]))
+                vault = self._made[key] = Vault(dataclasses.replace(self.base))
         return vault
 
 
@@ -254,6 +292,9 @@ def run_concurrently(
     results: queue.Queue[Result] = queue.Queue()
 
     def work(item: Target) -> None:
+        if not vaults.serves(item.vault_addr):
+            results.put(other_vault(item, vaults.addr, int(time.time())))
+            return
         try:
             results.put(action(vaults.get(item.vault_addr), item))
         except BrokerError as exc:

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 RequestFields = dict[str, "Any"]
 
 # A servable cache row, as HIT_QUERY selects it:
-# (id, access_key_id, sealed_secret, started_at, expires_at, account_id or None).
-Hit = tuple[int, str, bytes, int, int, "str | None"]
+# (id, access_key_id, sealed_secret, started_at, expires_at, lease_id, sealed_token, account_id or None).
+Hit = tuple[int, str, bytes, int, int, str, bytes | None, "str | None"]
 
 # The Alembic revision this code reads and writes. tests/test_schema.py checks it against the head
 # of migrations/versions; db.py refuses databases whose revision it does not know.
@@ -39,7 +39,8 @@ PROFILE_QUERY = (
     "SELECT mount, role, namespace, ttl, role_arn, role_session_name, credential_type FROM profiles WHERE name = ?"
 )
 HIT_QUERY = (
-    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at, account_id FROM leases "
+    "SELECT id, access_key_id, secret, COALESCE(renewed_at, issued_at), expires_at, lease_id, sealed_token, "
+    "account_id FROM leases "
     "WHERE cache_key = ? AND state = 'active' AND secret IS NOT NULL AND expires_at > ? "
     "ORDER BY expires_at DESC LIMIT 1"
 )

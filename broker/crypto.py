@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-BLOB_VERSION = b"\x01"
+BLOB_VERSION = b"\x02"  # 1: secret and token joined, bound to the access key id only (not opened)
 
 
 class KeyUnusable(ValueError):
@@ -75,11 +75,23 @@ def runtime_copy(env: settings.Env) -> str | None:
     return os.path.join(base, "broker", "key")
 
 
+def _check_private(path: str, what: str) -> None:
+    """Refuse a key file or directory another user owns or group/others may write: whoever can
+    replace the key can read every secret sealed with it afterwards (and plant blobs)."""
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise KeyUnusable(f"{what} {path} is owned by uid {info.st_uid}, not you; refusing to use it")
+    if info.st_mode & 0o022:
+        raise KeyUnusable(f"{what} {path} is writable by group or others; chmod go-w it (0700/0600)")
+
+
 def _read(path: str | None, where: str) -> bytes | None:
     if not path:
         return None
     try:
         with open(path, encoding="ascii") as handle:
+            _check_private(os.path.dirname(path) or ".", "key directory")
+            _check_private(path, "key file")
             return _decode(handle.read(), where)
     except FileNotFoundError:
         return None
@@ -202,21 +214,52 @@ def _create_key_file(path: str) -> bytes:
         return _decode(handle.read(), f"key file {path}")
 
 
-def seal(key: bytes, secret_key: str, session_token: str | None, aad: str) -> bytes:
-    """Encrypt the secret half of a credential; `aad` (the access key id) binds it to its row."""
+def row_aad(part: str, lease_id: str, cache_key: str | None, access_key_id: str) -> bytes:
+    """The associated data of one sealed field: which field, and the row's identity (lease id,
+    request key, access key id), so a blob copied into another row or field does not open. Every
+    part is read from the row itself, so the hit path computes it from what HIT_QUERY returns."""
+    return "\0".join(("broker/2", part, lease_id, cache_key or "", access_key_id)).encode()
+
+
+def seal(key: bytes, value: str, aad: bytes) -> bytes:
+    """Encrypt one secret field (a secret key, or a session token on its own)."""
     nonce = os.urandom(NONCE_BYTES)
-    plain = f"{secret_key}\n{session_token or ''}".encode()
-    return BLOB_VERSION + nonce + _aesgcm(key).encrypt(nonce, plain, aad.encode())
+    return BLOB_VERSION + nonce + _aesgcm(key).encrypt(nonce, value.encode(), aad)
 
 
-def unseal(key: bytes, blob: bytes | None, aad: str) -> tuple[str, str | None] | None:
-    """(secret_key, session_token) or None when the blob does not open with this key."""
+def unseal(key: bytes, blob: bytes | None, aad: bytes) -> str | None:
+    """The sealed value, or None when the blob does not open with this key and row."""
     if not blob or blob[:1] != BLOB_VERSION:
         return None
     nonce, body = blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :]
     try:
-        plain = _aesgcm(key).decrypt(nonce, body, aad.encode())
-    except Exception:  # InvalidTag: a different key, or a damaged blob
+        return _aesgcm(key).decrypt(nonce, body, aad).decode()
+    except Exception:  # InvalidTag: a different key, another row's blob, or a damaged one
         return None
-    secret_key, _, session_token = plain.decode().partition("\n")
-    return secret_key, (session_token or None)
+
+
+def seal_credential(
+    key: bytes, lease_id: str, cache_key: str | None, access_key_id: str, secret_key: str, session_token: str | None
+) -> tuple[bytes, bytes | None]:
+    """(leases.secret, leases.sealed_token): the secret key and the session token sealed apart."""
+    secret = seal(key, secret_key, row_aad("secret", lease_id, cache_key, access_key_id))
+    token = seal(key, session_token, row_aad("token", lease_id, cache_key, access_key_id)) if session_token else None
+    return secret, token
+
+
+def open_credential(
+    key: bytes,
+    lease_id: str,
+    cache_key: str | None,
+    access_key_id: str,
+    secret_blob: bytes | None,
+    token_blob: bytes | None,
+) -> tuple[str, str | None] | None:
+    """(secret_key, session_token) of a row, or None when either field does not open."""
+    secret = unseal(key, secret_blob, row_aad("secret", lease_id, cache_key, access_key_id))
+    if secret is None:
+        return None
+    if token_blob is None:
+        return secret, None
+    token = unseal(key, token_blob, row_aad("token", lease_id, cache_key, access_key_id))
+    return None if token is None else (secret, token)

@@ -39,7 +39,16 @@ REMOVED_VARS = (
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    # web identity comes before the container endpoint in botocore's chain (and in the other SDKs')
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_SESSION_NAME",
+    # broker's own secrets: the child gets credentials, not what broker needs to make them
+    "BROKER_KEY",
+    "BROKER_LEDGER_URL",
+    "PGPASSWORD",
 )
+VAULT_TOKEN_VAR = "VAULT_TOKEN"  # noqa: S105 - a variable name; kept only with --keep-vault-token
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,15 @@ def child_env(
     region: str | None = None,
     keys: Keys | Credential | None = None,
     endpoint: Endpoint | None = None,
+    keep_vault_token: bool = False,
 ) -> dict[str, str]:
-    """The child's environment: `environ` without inherited credentials, plus exactly one of `keys`
+    """The child's environment: `environ` without inherited credentials, web identity settings
+    and broker's secrets (VAULT_TOKEN too unless `keep_vault_token`), plus exactly one of `keys`
     (env mode) or `endpoint` (server mode), the region when known, and BROKER_PROFILE."""
     if (keys is None) == (endpoint is None):
         raise ValueError("give exactly one of keys or endpoint")
-    env = {name: value for name, value in environ.items() if name not in REMOVED_VARS}
+    removed = set(REMOVED_VARS) if keep_vault_token else {*REMOVED_VARS, VAULT_TOKEN_VAR}
+    env = {name: value for name, value in environ.items() if name not in removed}
     if keys is not None:
         env.update(credential_vars(keys))
     elif endpoint is not None:  # always, after the check above

@@ -168,12 +168,14 @@ def cached(
             row = row if row and cache.still_valid(row[4], now) else None
     if row is None:
         return None
-    row_id, access_key_id, blob, _started, expires_at, account_id = row
-    opened = crypto.unseal(key, blob, access_key_id)
+    row_id, access_key_id, blob, _started, expires_at, lease_id, token_blob, account_id = row
+    opened = crypto.open_credential(key, lease_id, request.cache_key, access_key_id, blob, token_blob)
     if opened is None:
         log.warning("a cached secret does not open with the current key; discarding it and issuing anew")
         with app.transaction() as session:
-            session.execute(update(Lease).where(Lease.id == row_id).values(secret=None, cache_key=None))
+            session.execute(
+                update(Lease).where(Lease.id == row_id).values(secret=None, sealed_token=None, cache_key=None)
+            )
         return None
     return Credential(access_key_id, opened[0], opened[1], expires_at, row_id, account_id)
 
@@ -199,7 +201,11 @@ def renew_cached(app: App, request: IssueRequest) -> Credential | None:
     if row is None:
         return None
     key = app.key(create=False)
-    opened = crypto.unseal(key, row.secret, row.access_key_id) if key else None
+    opened = (
+        crypto.open_credential(key, row.lease_id, row.cache_key, row.access_key_id, row.secret, row.sealed_token)
+        if key
+        else None
+    )
     if opened is None:
         return None
     try:
@@ -513,10 +519,18 @@ def account_of(issued: Issued, request: IssueRequest) -> str | None:
 def _record(
     app: App, request: IssueRequest, issued: Issued, intent_id: int, key: bytes | None, who: identity.Identity
 ) -> int:
+    cache_key = request.cache_key if key else None
+    secret, sealed_token = (
+        crypto.seal_credential(
+            key, issued.lease_id, cache_key, issued.access_key_id, issued.secret_key, issued.session_token
+        )
+        if key
+        else (None, None)
+    )
     with app.transaction() as session:
         row = Lease(
             lease_id=issued.lease_id,
-            cache_key=request.cache_key if key else None,
+            cache_key=cache_key,
             profile=request.profile,
             vault_addr=request.vault_addr,
             namespace=issued.namespace,
@@ -531,7 +545,8 @@ def _record(
             issued_at=issued.issued_at,
             expires_at=issued.expires_at,
             state="active",
-            secret=crypto.seal(key, issued.secret_key, issued.session_token, issued.access_key_id) if key else None,
+            secret=secret,
+            sealed_token=sealed_token,
             host=app.env.host_name(),
             os_user=settings.os_user(),
             display_name=who.display_name,

@@ -48,15 +48,21 @@ def rotate(app: App) -> Rotation:
     new = crypto._decode(new_text, "the new key")
     reencrypted = discarded = 0
     with app.transaction() as session:
-        rows = session.execute(select(Lease.id, Lease.access_key_id, Lease.secret).where(Lease.secret.is_not(None)))
-        for row_id, access_key_id, blob in rows.all():
-            opened = crypto.unseal(old, blob, access_key_id)
+        rows = session.execute(
+            select(
+                Lease.id, Lease.lease_id, Lease.cache_key, Lease.access_key_id, Lease.secret, Lease.sealed_token
+            ).where(Lease.secret.is_not(None))
+        )
+        for row_id, lease_id, cache_key, access_key_id, blob, token_blob in rows.all():
+            opened = crypto.open_credential(old, lease_id, cache_key, access_key_id, blob, token_blob)
             if opened is None:
-                session.execute(update(Lease).where(Lease.id == row_id).values(secret=None, cache_key=None))
+                session.execute(
+                    update(Lease).where(Lease.id == row_id).values(secret=None, sealed_token=None, cache_key=None)
+                )
                 discarded += 1
                 continue
-            sealed = crypto.seal(new, opened[0], opened[1], access_key_id)
-            session.execute(update(Lease).where(Lease.id == row_id).values(secret=sealed))
+            secret, sealed_token = crypto.seal_credential(new, lease_id, cache_key, access_key_id, *opened)
+            session.execute(update(Lease).where(Lease.id == row_id).values(secret=secret, sealed_token=sealed_token))
             reencrypted += 1
         crypto.store_key(app.env, new_text)
     return Rotation(reencrypted=reencrypted, discarded=discarded)

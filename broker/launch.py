@@ -58,10 +58,12 @@ def prepare(app: App, profile: str, *, force: bool) -> tuple[IssueRequest, Crede
     return request, credential
 
 
-def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool) -> int:
+def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool, keep_vault_token: bool = False) -> int:
     """Env mode: put the keys in the environment and become the command."""
     request, credential = prepare(app, profile, force=force)
-    env = execenv.child_env(os.environ, profile, region=request.region, keys=credential)
+    env = execenv.child_env(
+        os.environ, profile, region=request.region, keys=credential, keep_vault_token=keep_vault_token
+    )
     log.info(
         "running %s with key %s until %s",
         command[0],
@@ -77,13 +79,15 @@ def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool) -
     return 0  # not reached
 
 
-def exec_with_server(app: App, profile: str, command: list[str], *, force: bool) -> int:
+def exec_with_server(app: App, profile: str, command: list[str], *, force: bool, keep_vault_token: bool = False) -> int:
     """Server mode: serve fresh credentials on loopback to a child, for as long as it runs."""
     from broker.credserver import CredentialServer
 
     request, _first = prepare(app, profile, force=force)
     with CredentialServer(app, request) as server:
-        env = execenv.child_env(os.environ, profile, region=request.region, endpoint=server.endpoint)
+        env = execenv.child_env(
+            os.environ, profile, region=request.region, endpoint=server.endpoint, keep_vault_token=keep_vault_token
+        )
         with _Forwarding() as forwarding:  # before the child exists: no signal slips through
             try:
                 child = subprocess.Popen(command, env=env)

@@ -22,6 +22,22 @@ def mask_key(access_key_id: str) -> str:
     return f"...{access_key_id[-4:]}" if len(access_key_id) > 4 else "..."
 
 
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def terminal_safe(value: object) -> str:
+    """A cell for a terminal: control characters (ESC, CR, newlines, C1) shown as \\xNN, never sent."""
+    return str(value).translate(_CONTROL)
+
+
+def csv_safe(value: object) -> object:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or tab/CR) gets a leading '."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def render(
     rows: Iterable[Row],
     fmt: str,
@@ -74,7 +90,7 @@ def _csv(rows: Iterable[Row], columns: list[str], out: TextIO) -> int:
     writer.writeheader()
     count = 0
     for row in rows:
-        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+        writer.writerow({c: "" if row.get(c) is None else csv_safe(row.get(c)) for c in columns})
         count += 1
     return count
 
@@ -82,11 +98,15 @@ def _csv(rows: Iterable[Row], columns: list[str], out: TextIO) -> int:
 def _table(rows: Iterable[Row], columns: list[str], headers: Mapping[str, str], out: TextIO) -> int:
     from tabulate import tabulate
 
-    body = [["-" if row.get(c) in (None, "") else row.get(c) for c in columns] for row in rows]
+    body = [["-" if row.get(c) in (None, "") else _cell(row.get(c)) for c in columns] for row in rows]
     if not body:
         return 0
     out.write(tabulate(body, headers=[headers.get(c, c) for c in columns], tablefmt="simple") + "\n")
     return len(body)
+
+
+def _cell(value: object) -> object:
+    return terminal_safe(value) if isinstance(value, str) else value
 
 
 def _fixed_table(
@@ -100,7 +120,7 @@ def _fixed_table(
         if not count:
             out.write("  ".join(n.ljust(w) for n, w in zip(names, sizes, strict=True)).rstrip() + "\n")
             out.write("  ".join("-" * w for w in sizes) + "\n")
-        cells = ["-" if row.get(c) in (None, "") else str(row.get(c)) for c in columns]
+        cells = ["-" if row.get(c) in (None, "") else terminal_safe(row.get(c)) for c in columns]
         out.write("  ".join(v.ljust(w) for v, w in zip(cells, sizes, strict=True)).rstrip() + "\n")
         count += 1
     return count

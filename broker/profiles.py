@@ -173,7 +173,9 @@ def remove(app: App, name: str) -> None:
 
 
 def _wipe_cached_secrets(session: Session, profile: str) -> None:
-    session.execute(update(Lease).where(Lease.profile == profile).values(secret=None, cache_key=None))
+    session.execute(
+        update(Lease).where(Lease.profile == profile).values(secret=None, sealed_token=None, cache_key=None)
+    )
 
 
 def list_all(app: App) -> list[ProfileSpec]:

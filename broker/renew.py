@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from broker.vault import Vault
 
 MAX_INCREMENT = 32 * 86400  # Vault's own ceiling on any lease (32 days)
-OUTCOMES = ("renewed", "capped", "not_renewable", "failed", "expired", "revoked")
+OUTCOMES = ("renewed", "capped", "not_renewable", "failed", "other_vault", "expired", "revoked")
 
 
 @dataclass
@@ -38,7 +38,7 @@ class RenewReport:
 
     @property
     def failed(self) -> list[Result]:
-        return [r for r in self.results if r.outcome == "failed"]
+        return [r for r in self.results if r.outcome in ("failed", bulk.OTHER_VAULT)]
 
     def summary(self) -> str:
         counts = Counter(r.outcome for r in self.results)

@@ -41,7 +41,16 @@ class ProgressBar(Protocol):
 Confirm = Callable[[str], object]
 Progress = Callable[[int], AbstractContextManager[ProgressBar]]
 
-OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired", "unknown")
+OUTCOMES = (
+    "revoked",
+    "would_revoke",
+    "not_in_ledger",
+    "failed",
+    "other_vault",
+    "already_revoked",
+    "expired",
+    "unknown",
+)
 UNKNOWN_KEY = "no lease the selection names has this access key; nothing was sent to Vault"
 
 
@@ -65,7 +74,7 @@ class RevokeReport:
 
     @property
     def failed(self) -> list[Result]:
-        return [r for r in self.results if r.outcome == "failed"]
+        return [r for r in self.results if r.outcome in ("failed", bulk.OTHER_VAULT)]
 
     def counts(self) -> dict[str, int]:
         counted = Counter(r.outcome for r in self.results)
@@ -145,12 +154,13 @@ _MARK_REVOKED = (
         revoked_by=bindparam("by"),
         revoke_error=None,
         secret=None,
+        sealed_token=None,
     )
 )
 _MARK_FAILED = (
     update(_LEASES)
     .where(_LEASES.c.id == bindparam("row"), _LEASES.c.state == "active")
-    .values(revoke_error=bindparam("error"), secret=None)
+    .values(revoke_error=bindparam("error"), secret=None, sealed_token=None)
 )
 
 
@@ -161,7 +171,11 @@ def wipe_secrets(app: App, targets: Iterable[Target]) -> None:
         return
     with app.transaction() as session:
         for start in range(0, len(ids), bulk.CHUNK):
-            session.execute(update(Lease).where(Lease.id.in_(ids[start : start + bulk.CHUNK])).values(secret=None))
+            session.execute(
+                update(Lease)
+                .where(Lease.id.in_(ids[start : start + bulk.CHUNK]))
+                .values(secret=None, sealed_token=None)
+            )
 
 
 def mark_results(app: App, results: Sequence[Result], revoked_by: str) -> None:
@@ -173,7 +187,7 @@ def mark_results(app: App, results: Sequence[Result], revoked_by: str) -> None:
     failed: list[dict[str, Any]] = [
         {"row": r.target.row_id, "error": f"{cache.iso_utc(r.at)} {r.error}"}
         for r in results
-        if not r.ok and r.target.row_id is not None
+        if not r.ok and r.target.row_id is not None and r.outcome != bulk.OTHER_VAULT  # those rows stay as they are
     ]
     if not done and not failed:
         return
@@ -211,6 +225,9 @@ def revoke_matching(
             report.results.append(Result(t, True, "already_revoked" if t.state == "revoked" else "expired", None, now))
         elif t.state == "unknown_key":
             report.results.append(Result(t, True, "unknown", UNKNOWN_KEY, now))
+    elsewhere = [t for t in actionable if not bulk.same_vault(t.vault_addr, app.env.vault_addr)]
+    report.results += [bulk.other_vault(t, app.env.vault_addr, now) for t in elsewhere]  # their rows stay as is
+    actionable = [t for t in actionable if t not in elsewhere]
     calls = prefix_calls(app, selection, actionable) if selection.prefix else []
     if dry_run:
         report.results += [Result(t, True, "would_revoke", None, now) for t in actionable]
@@ -286,8 +303,9 @@ def _mount_in_namespace(target: Target) -> str:
 
 
 def prefix_calls(app: App, selection: Selection, targets: Sequence[Target]) -> list[PrefixCall]:
-    """revoke-prefix calls for <mount>/creds/<role> and <mount>/sts/<role>: in the namespace and at the
-    Vault the request would use now, and in every namespace/Vault where a matching ledger row lives."""
+    """revoke-prefix calls for <mount>/creds/<role> and <mount>/sts/<role>, at the configured Vault
+    only: in the namespace the request would use now, and in every namespace where a matching
+    ledger row of that Vault lives (`targets` holds no other Vault's rows)."""
     if selection.profile:
         profile = profiles.get(app, selection.profile)
         mount, role, namespace = profile.mount, profile.role, app.env.vault_namespace(profile.namespace)
@@ -295,7 +313,7 @@ def prefix_calls(app: App, selection: Selection, targets: Sequence[Target]) -> l
         assert selection.mount is not None and selection.role is not None  # for_revoke() checked
         mount, role, namespace = selection.mount, selection.role, app.env.vault_namespace()
     places = {(app.env.vault_addr, namespace, mount.strip("/"))}
-    places |= {(t.vault_addr, t.namespace, _mount_in_namespace(t)) for t in targets if t.lease_id}
+    places |= {(app.env.vault_addr, t.namespace, _mount_in_namespace(t)) for t in targets if t.lease_id}
     return [
         PrefixCall(addr, ns, f"{m}/{endpoint}/{role}")
         for addr, ns, m in sorted(places)
@@ -318,11 +336,11 @@ def _revoke_by_prefix(
         except BrokerError as exc:
             done.append(dataclasses.replace(call, ok=False, error=one_line(exc)))
     report.prefix_calls = done
-    failed = {(c.vault_addr, c.namespace): c.error for c in done if not c.ok}
+    failed = {c.namespace: c.error for c in done if not c.ok}
     now = int(time.time())
     results = []
     for t in targets:
-        error = failed.get((t.vault_addr, t.namespace))
+        error = failed.get(t.namespace)
         if not t.lease_id:  # no prefix call covers a credential Vault issued without a lease
             results.append(bulk.without_lease(t, now))
         elif error:

@@ -81,8 +81,14 @@ class Env:
 
     @property
     def vault_addr(self) -> str:
-        """`VAULT_AGENT_ADDR` wins over `VAULT_ADDR`, as in Vault's own Go client."""
-        return (self.agent_addr or self.plain_addr or DEFAULT_VAULT_ADDR).rstrip("/")
+        """`VAULT_AGENT_ADDR` wins over `VAULT_ADDR`, as in Vault's own Go client. Any `user:pass@`
+        is dropped: Vault takes no userinfo, and it must not be sent, shown or stored."""
+        addr = (self.agent_addr or self.plain_addr or DEFAULT_VAULT_ADDR).rstrip("/")
+        scheme, sep, rest = addr.partition("://")
+        authority, slash, path = rest.partition("/")
+        if sep and "@" in authority:
+            addr = scheme + sep + authority.rsplit("@", 1)[1] + slash + path
+        return addr
 
     @property
     def vault_addr_source(self) -> str:

@@ -27,18 +27,41 @@ from broker.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import hvac
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 3.0  # seconds per request: the Rust SDK gives a credential helper 5 s in all
+DEFAULT_TIMEOUT = 3.0  # seconds per request in total: the Rust SDK gives a credential helper 5 s in all
 # An issuance may take Vault several IAM calls in a row (more across a region or under load), and a
 # request given up on may still have minted a credential: its worker waits like the vault CLI (60 s).
 DEFAULT_ISSUE_TIMEOUT = 60.0
+MAX_BODY_BYTES = 4 << 20  # a Vault answer larger than this is not Vault's: refused, not buffered
+MAX_REDIRECTS = 3
 DEFAULT_RETRY_SECONDS = 2.0  # total time spent retrying connection errors, 429, 502 and 503
 TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
+
+
+def strip_userinfo(addr: str) -> str:
+    """`addr` without any `user:password@` (never shown, sent or stored); a malformed URL is kept
+    only up to where it stops parsing."""
+    try:
+        parts = urllib.parse.urlsplit(addr)
+        netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return addr.split("://", 1)[0] + "://<malformed>" if "://" in addr else "<malformed address>"
+
+
+def vault_origin(addr: str) -> tuple[str, str, int | None, str]:
+    """What makes two Vault addresses the same Vault: scheme, host, port (defaulted) and path."""
+    try:
+        parts = urllib.parse.urlsplit(addr.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return ("", addr, None, "")
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
 
 
 def _env_seconds(name: str, raw: str, default: float) -> float:
@@ -51,6 +74,101 @@ def _env_seconds(name: str, raw: str, default: float) -> float:
     if not 0 < value <= 600:
         raise UsageError(f"{name}={raw!r} must be between 0 and 600 seconds")
     return value
+
+
+class RedirectRefused(Exception):
+    """Vault answered with a redirect broker does not follow (another origin, or https to http)."""
+
+
+class TooLarge(Exception):
+    """Vault's answer was larger than MAX_BODY_BYTES."""
+
+
+class DeadlineExceeded(Exception):
+    """A Vault request did not end (headers and body) within its total deadline."""
+
+
+def bounded_session(addr: str, deadline_seconds: float) -> Any:
+    """A requests.Session whose every request ends within `deadline_seconds` in total (connect,
+    headers and body: a Vault dripping one byte a second is cut off), reads at most MAX_BODY_BYTES
+    of body, and follows a redirect only to `addr`'s own origin (a standby pointing at itself
+    through a load balancer); any other redirect raises RedirectRefused, so the token is never
+    sent elsewhere."""
+    import requests
+    import requests.adapters
+
+    home = vault_origin(addr)[:3]
+
+    class BoundedAdapter(requests.adapters.HTTPAdapter):
+        def send(
+            self,
+            request: requests.PreparedRequest,
+            stream: bool = False,
+            timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+            verify: bool | str = True,
+            cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+            proxies: Mapping[str, str] | None = None,
+        ) -> requests.Response:
+            ends = time.monotonic() + deadline_seconds
+            response = super().send(
+                request,
+                stream=True,
+                timeout=(deadline_seconds, deadline_seconds),
+                verify=verify,
+                cert=cert,
+                proxies=proxies,
+            )
+            if response.is_redirect:
+                target = urllib.parse.urljoin(request.url or "", response.headers.get("location", ""))
+                if vault_origin(target)[:3] != home:
+                    response.close()
+                    raise RedirectRefused(strip_userinfo(target))
+            _read_bounded(response, ends)
+            return response
+
+    session = requests.Session()
+    session.max_redirects = MAX_REDIRECTS
+    adapter = BoundedAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _read_bounded(response: Any, ends: float) -> None:
+    """Read `response`'s body into it, by whatever the socket has, until `ends` or MAX_BODY_BYTES."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        response.close()
+        raise TooLarge(length)
+    raw = response.raw
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    body = bytearray()
+    try:
+        while True:
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded()
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(65536) if hasattr(raw, "read1") else raw.read(65536)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise TooLarge(str(len(body)))
+    except (DeadlineExceeded, TooLarge):
+        response.close()
+        raise
+    except Exception as exc:  # socket timeouts surface as urllib3 errors here, not requests ones
+        response.close()
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            raise DeadlineExceeded() from None
+        import requests
+
+        raise requests.exceptions.ChunkedEncodingError(_short(exc)) from None
+    response._content = bytes(body)  # noqa: SLF001 - what requests does itself without stream=True
+    response._content_consumed = True  # noqa: SLF001
+    response.close()
 
 
 @dataclass(frozen=True)
@@ -154,9 +272,8 @@ class Vault:
         timeout = timeout or self.settings.timeout
         if (namespace, timeout) not in self._clients:
             import hvac
-            import requests
 
-            session = requests.Session()
+            session = bounded_session(self.settings.addr, self.settings.timeout)
             session.verify = self.settings.verify  # hvac copies session.verify over verify=
             if self.settings.verify is False:  # VAULT_SKIP_VERIFY: say so once, in our own words
                 import urllib3
@@ -231,8 +348,10 @@ class Vault:
                 f"{self.addr} answered {request_path} with something that is not Vault's JSON; "
                 f"is VAULT_ADDR a Vault server?"
             )
-        lease_id = str(response.get("lease_id") or "")
-        namespace = namespace_of_lease(header_namespace, request_path, lease_id)
+        raw_lease_id = response.get("lease_id") or ""
+        lease_id = raw_lease_id if isinstance(raw_lease_id, str) else ""
+        lease_ok = lease_id_under(lease_id, request_path)
+        namespace = namespace_of_lease(header_namespace, request_path, lease_id) if lease_ok else header_namespace
         data = response.get("data")
         if not isinstance(data, dict):
             data = {}
@@ -244,10 +363,22 @@ class Vault:
             problem = "had no access_key/secret_key"
         elif duration <= 0:
             problem = "had neither lease_duration nor data.ttl"
+        else:
+            problem = answer_problem(lease_id, lease_ok, access_key, secret_key, token, duration, data.get("arn"))
         if problem:
-            if lease_id:
-                self.revoke_quietly(lease_id, namespace)
-            raise VaultBadResponse(f"Vault's answer for {request_path} {problem}; nothing was recorded or served")
+            revoked = bool(lease_id) and lease_ok and self.revoke_quietly(lease_id, namespace)
+            outcome = (
+                f"revoked lease {lease_id}"
+                if revoked
+                else "nothing to revoke"
+                if not lease_id
+                else "could NOT revoke it: revoke it by hand"
+                if lease_ok
+                else "its lease id was not revoked (not a path under the request)"
+            )
+            raise VaultBadResponse(
+                f"Vault's answer for {request_path} {problem}; nothing was recorded or served ({outcome})"
+            )
         assert isinstance(access_key, str) and isinstance(secret_key, str)  # checked above; tells mypy
         credential_type = recorded_type(credential_type, data, token)
         arn = data.get("arn")
@@ -394,12 +525,25 @@ class Vault:
         while True:
             try:
                 return fn()
-            except requests.exceptions.JSONDecodeError:
+            except RedirectRefused as exc:
+                raise VaultBadResponse(
+                    f"Vault at {self.addr} redirected {what} to {exc}; broker follows no redirect to another "
+                    "address (the token would go there): set VAULT_ADDR to the address Vault names"
+                ) from None
+            except TooLarge:
+                raise VaultBadResponse(
+                    f"{self.addr} answered {what} with more than {MAX_BODY_BYTES >> 20} MB; that is not Vault's answer"
+                ) from None
+            except (requests.exceptions.JSONDecodeError, requests.exceptions.TooManyRedirects):
                 raise VaultBadResponse(
                     f"{self.addr} answered {what} with something that is not Vault's JSON; "
                     "is VAULT_ADDR a Vault server?"
                 ) from None
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                DeadlineExceeded,
+                requests.exceptions.ReadTimeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 if not retry_read_timeout:
                     raise VaultTimeout(
                         f"Vault at {self.addr} did not answer {what} within {timeout or self.settings.timeout:g}s "
@@ -476,6 +620,59 @@ def tls_cause(exc: BaseException) -> str:
             "point VAULT_CACERT or VAULT_CAPATH at that CA"
         )
     return f"{reason}; check VAULT_CACERT/VAULT_CAPATH and VAULT_CLIENT_CERT/VAULT_CLIENT_KEY"
+
+
+MAX_LEASE_SECONDS = 366 * 86400
+_ACCESS_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_LEASE_SUFFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+
+
+def printable_token(value: object, longest: int) -> bool:
+    """Printable ASCII without whitespace (0x21-0x7e), 1 to `longest` characters."""
+    return isinstance(value, str) and 0 < len(value) <= longest and all("!" <= c <= "~" for c in value)
+
+
+def lease_id_under(lease_id: str, request_path: str) -> bool:
+    """Whether `lease_id` is `<request path>/<suffix>` (the request path seen inside a namespace
+    may lack the namespace prefix a mount was written with; vault-api.md 1.5). Empty: no lease."""
+    if not lease_id:
+        return True
+    path, _, suffix = lease_id.rpartition("/")
+    return (
+        len(lease_id) <= 1024
+        and bool(path)
+        and bool(suffix)
+        and set(suffix) <= _LEASE_SUFFIX_CHARS
+        and ".." not in path.split("/")
+        and (path == request_path or request_path.endswith("/" + path))
+        and printable_token(lease_id, 1024)
+    )
+
+
+def answer_problem(
+    lease_id: str,
+    lease_ok: bool,
+    access_key: str,
+    secret_key: str,
+    token: object,
+    duration: int,
+    arn: object,
+) -> str | None:
+    """What makes an issued credential unusable as data, or None. Everything Vault sends ends up in
+    config files, shells and terminals: only plain tokens of bounded length pass."""
+    if not lease_ok:
+        return f"had a lease id {lease_id[:80]!r} that is not a path under the request"
+    if not (16 <= len(access_key) <= 128 and set(access_key) <= _ACCESS_KEY_CHARS):
+        return "had an access_key that is not an AWS access key id"
+    if not printable_token(secret_key, 256):
+        return "had a secret_key with whitespace, control characters or over 256 characters"
+    if token is not None and not printable_token(token, 16384):
+        return "had a session token with whitespace, control characters or over 16384 characters"
+    if duration > MAX_LEASE_SECONDS:
+        return f"had a lease_duration of {duration}s, over a year"
+    if arn is not None and not printable_token(arn, 2048):
+        return "had an arn with whitespace or control characters"
+    return None
 
 
 def _int(value: object) -> int:

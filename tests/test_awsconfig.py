@@ -102,7 +102,7 @@ def test_the_broker_path_survives_the_sdks_splitting(monkeypatch, path):
     monkeypatch.setattr(awsconfig, "broker_argv", lambda: [path])
     value = awsconfig.credential_process_value("dev")
     assert shlex.split(value) == [path, "credential-process", "--profile", "dev"]
-    assert value.startswith('"') == (path != "/usr/local/bin/broker")  # plain paths stay unquoted
+    assert value.startswith("'") == (path != "/usr/local/bin/broker")  # plain paths stay unquoted
     assert awsconfig.is_ours(value, "dev")
 
 

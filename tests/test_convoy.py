@@ -61,11 +61,12 @@ def _hit_table(rows: list[tuple[int, int, int]]) -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
     conn.execute(
         "CREATE TABLE leases (id INTEGER PRIMARY KEY, cache_key TEXT, state TEXT, secret BLOB, access_key_id TEXT, "
-        "issued_at INT, renewed_at INT, expires_at INT, account_id TEXT)"
+        "issued_at INT, renewed_at INT, expires_at INT, lease_id TEXT, sealed_token BLOB, account_id TEXT)"
     )
     for row_id, issued_at, expires_at in rows:
         conn.execute(
-            "INSERT INTO leases VALUES (?, 'k', 'active', x'00', 'AKIA', ?, NULL, ?, NULL)", (row_id, issued_at, expires_at)
+            "INSERT INTO leases VALUES (?, 'k', 'active', x'00', 'AKIA', ?, NULL, ?, NULL)",
+            (row_id, issued_at, expires_at),
         )
     return conn
 

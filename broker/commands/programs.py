@@ -35,15 +35,22 @@ class _CommandAfterDashes(click.Command):
     "environment (for runs longer than one credential lives).",
 )
 @click.option("--force", is_flag=True, help="Run even inside another `broker exec` (BROKER_PROFILE set).")
+@click.option(
+    "--keep-vault-token",
+    is_flag=True,
+    help="Pass VAULT_TOKEN on to the command (by default the child gets AWS credentials only, no Vault token).",
+)
 @click.pass_context
-def exec_(ctx: click.Context, profile: str, server: bool, force: bool) -> int:
+def exec_(ctx: click.Context, profile: str, server: bool, force: bool, keep_vault_token: bool) -> int:
     """Run CMD with the credentials of PROFILE.
 
     Without --server the command gets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
     AWS_CREDENTIAL_EXPIRATION and replaces broker. With --server it gets
     AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN, and its SDK asks for fresh
     credentials whenever it needs them. Both set AWS_REGION/AWS_DEFAULT_REGION (when the profile has a
-    region) and BROKER_PROFILE, and exit with the command's status.
+    region) and BROKER_PROFILE, and exit with the command's status. The command never gets
+    BROKER_KEY, BROKER_LEDGER_URL, PGPASSWORD, AWS_ROLE_ARN or AWS_WEB_IDENTITY_TOKEN_FILE, nor
+    VAULT_TOKEN unless --keep-vault-token.
     """
     from broker import launch
 
@@ -55,8 +62,8 @@ def exec_(ctx: click.Context, profile: str, server: bool, force: bool) -> int:
     app = ctx.find_object(App)
     assert app is not None  # the group made it
     if server:
-        return launch.exec_with_server(app, profile, command, force=force)
-    return launch.exec_with_keys(app, profile, command, force=force)
+        return launch.exec_with_server(app, profile, command, force=force, keep_vault_token=keep_vault_token)
+    return launch.exec_with_keys(app, profile, command, force=force, keep_vault_token=keep_vault_token)
 
 
 @click.command()

@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 # The shared schema this code reads and writes, and every revision it knows (oldest first).
 # tests/test_fleet_ledger.py checks both against migrations/fleet/versions.
-SCHEMA_HEAD = "f002"
-KNOWN_REVISIONS = ("f001", "f002")
+SCHEMA_HEAD = "f003"
+KNOWN_REVISIONS = ("f001", "f002", "f003")
 
 CONNECT_TIMEOUT_SECONDS = 3  # libpq's minimum is 2
 STATEMENT_TIMEOUT_MS = 15_000
@@ -88,10 +88,17 @@ def _authority(raw: str) -> str:
     return rest.split("/", 1)[0].split("?", 1)[0]
 
 
+_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)""", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&;])[^=&]*password[^=&]*=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(raw: str) -> str:
-    """The URL as the user gave it, with any password replaced by ***."""
+    """The URL (or libpq keyword DSN) as the user gave it, with any password replaced by ***;
+    a malformed URL loses everything between its scheme and its last '@' but the user name."""
     from sqlalchemy.engine import make_url
 
+    if "://" not in raw:  # a libpq keyword DSN: host=db user=u password='p w'
+        return _KEYWORD_PASSWORD.sub(r"\1***", raw)
     if _authority(raw).count("@") > 1:  # an unescaped @ in the password: hide all before the last @
         scheme = raw.split("://", 1)[0] + "://" if "://" in raw else ""
         host_part = raw.split("://", 1)[-1].rsplit("@", 1)[1]
@@ -99,7 +106,11 @@ def mask_url(raw: str) -> str:
     try:
         url = make_url(raw)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown only as a hint
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", raw.split("?", 1)[0])
+        scheme, _, rest = raw.partition("://")
+        if "@" in rest:
+            user = rest.rsplit("@", 1)[0].split(":", 1)[0]
+            rest = f"{user}:***@" + rest.rsplit("@", 1)[1]
+        return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}://{rest}")
     if url.query:
         url = url.update_query_dict({k: "***" for k in url.query if "password" in k.lower()})
     return url.render_as_string(hide_password=True)
@@ -140,6 +151,7 @@ class FleetLedger:
         self.url = parse_url(raw_url)
         self.masked = mask_url(raw_url)
         self._secrets = [s for s in (self.url.password, env.pgpassword) if s]
+        self._host = env.host_name()
         self._engine: Engine | None = None
         self._checked = False
 
@@ -184,6 +196,12 @@ class FleetLedger:
         orig = getattr(exc, "orig", None) or exc
         sqlstate = getattr(orig, "sqlstate", None) or ""
         reason = self._reason(exc)
+        if sqlstate == "42501" and "row-level security" in reason:
+            return FleetDenied(
+                f"the fleet ledger {self.masked} refused {what}: this login may not push rows for host "
+                f"{self._host!r} (or another host name a row names); the database owner allows a login its "
+                "host names in fleet_host_logins (see the README)"
+            )
         if sqlstate == "42501":
             return FleetDenied(
                 f"the fleet ledger {self.masked} denied {what}: {reason}; check this role's GRANTs (see the README)"
@@ -482,7 +500,7 @@ def pull(app: App) -> int:
                 session.execute(
                     update(Lease)
                     .where(Lease.id == row_id, Lease.state == "active")
-                    .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None)
+                    .values(state="revoked", revoked_at=when, revoked_by=who or "fleet", secret=None, sealed_token=None)
                 )
         log.info("marked %d lease(s) revoked by the fleet ledger; their cached secrets are wiped", len(revoked))
     with app.transaction() as session:

@@ -94,9 +94,22 @@ def iso_row(row: dict[str, Any]) -> dict[str, Any]:
 
 # -- `broker leases --fleet`: table and csv (json: json_rows) ---------------------------------------------
 
-# The table puts host and user first and adds the time left; csv carries every public COLUMN.
-TABLE_COLUMNS = ["host", "user", *[c for c in listing.TABLE_COLUMNS if c not in ("host", "user")], "revoked_by"]
-TABLE_HEADERS = {**listing.TABLE_HEADERS, "host": "HOST", "user": "USER", "revoked_by": "REVOKED BY"}
+# The table puts host, user and the login that pushed the row (db_user: the one field a host
+# cannot choose) first and adds the time left; csv carries every public COLUMN.
+TABLE_COLUMNS = [
+    "host",
+    "user",
+    "db_user",
+    *[c for c in listing.TABLE_COLUMNS if c not in ("host", "user")],
+    "revoked_by",
+]
+TABLE_HEADERS = {
+    **listing.TABLE_HEADERS,
+    "host": "HOST",
+    "user": "USER",
+    "db_user": "PUSHED BY",
+    "revoked_by": "REVOKED BY",
+}
 # Text columns whose widths one aggregate query measures (name -> fleet column).
 _TEXT_COLUMNS = {
     name: FLEET.c[FLEET_NAME.get(name, name)]

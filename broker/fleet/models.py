@@ -84,5 +84,15 @@ class FleetLease(FleetBase):
     )
 
 
+class FleetHostLogin(FleetBase):
+    """A host name a host login may push rows for (the owner keeps this; row-level security on
+    fleet_leases checks each new row's `host` against it)."""
+
+    __tablename__ = "fleet_host_logins"
+
+    db_user: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 # The Core table (declarative types `__table__` as a FromClause).
 FLEET_LEASES = cast(Table, FleetLease.__table__)

@@ -48,6 +48,7 @@ _TARGET_FIELDS = (
     "expires_at",
     "state",
     *bulk.IDENTITY_FIELDS,
+    "db_user",
     "revoked_by",
 )
 
@@ -95,6 +96,40 @@ def _to_target(row: Row[Any], vault_addr: str, now: float) -> Target:
         os_user=fields["os_user"],
         recorded_vault_addr=fields["vault_addr"],
         identity=tuple((name, fields[name]) for name in bulk.IDENTITY_FIELDS),
+        db_user=fields["db_user"] or "",
+    )
+
+
+def lease_id_problem(target: Target, selection: Selection) -> str | None:
+    """Why a fleet row's lease id must not be sent to Vault with the responder's token, or None.
+    A host login writes every field of its rows, so the id must be what the AWS engine issues for
+    the row's own mount and role (`<mount>/creds/<role>/<id>` or `<mount>/sts/<role>/<id>`; the
+    `.<namespace id>` suffix exactly when the row has a namespace, vault-api.md 1.5), and that mount
+    and role must be the ones the selection names. Lease ids the responder typed are theirs."""
+    if selection.lease_ids:
+        return None
+    parts = target.lease_id.split("/")
+    mount = target.mount.strip("/")
+    problem = ""
+    if len(parts) < 4 or parts[-3] not in ("creds", "sts") or not parts[-1]:
+        problem = "is not an AWS secrets engine lease id"
+    elif parts[-2] != target.role or (selection.role and target.role != selection.role):
+        problem = f"is not for role {selection.role or target.role}"
+    else:
+        lease_mount = "/".join(parts[:-3])
+        if not (mount == lease_mount or mount.endswith("/" + lease_mount)) or (
+            selection.mount and mount != selection.mount
+        ):
+            problem = f"is not under mount {selection.mount or mount}"
+        elif ("." in parts[-1]) != bool(target.namespace or mount != lease_mount):
+            problem = "does not match the row's namespace"
+        elif target.credential_type not in cache.CREDENTIAL_TYPES:
+            problem = f"has credential type {target.credential_type!r}"
+    if not problem:
+        return None
+    return (
+        f"refused: lease id {target.lease_id!r} {problem} (expected {mount}/creds/{target.role}/... or "
+        f"{mount}/sts/{target.role}/...); not sent to Vault; the row was pushed by {target.db_user or 'unknown'}"
     )
 
 
@@ -180,7 +215,9 @@ def revoke_fleet(
             if lease_id not in known
         ]
     if dry_run:
-        report.results += [Result(x, True, "would_revoke", None, now) for x in planned + unknown]
+        for x in planned + unknown:
+            why = lease_id_problem(x, selection) if x.lease_id and x.state != "unknown" else None
+            report.results.append(Result(x, not why, "failed" if why else "would_revoke", why, now))
         return report
     vaults = VaultPool.from_env(app.env)  # checks VAULT_ADDR & co. before anything changes
     if confirm is not None and (planned or unknown):
@@ -189,10 +226,10 @@ def revoke_fleet(
     by = settings.actor(app.env)
     if progress is not None and len(planned) + len(unknown) > 1:
         with progress(len(planned) + len(unknown)) as bar:
-            _revoke_claimed(ledger, active_where, report, vaults, workers, by, addr, bar.update)
+            _revoke_claimed(ledger, selection, active_where, report, vaults, workers, by, addr, bar.update)
             _revoke_unknown(unknown, report, vaults, workers, bar.update)
     else:
-        _revoke_claimed(ledger, active_where, report, vaults, workers, by, addr, None)
+        _revoke_claimed(ledger, selection, active_where, report, vaults, workers, by, addr, None)
         _revoke_unknown(unknown, report, vaults, workers, None)
     _report_others(ledger, planned, report, addr, now)
     report.results.sort(key=lambda r: (r.target.host, r.target.lease_id))
@@ -211,6 +248,7 @@ def _fleet_outcome(result: Result) -> Result:
 
 def _revoke_claimed(
     ledger: FleetLedger,
+    selection: Selection,
     active_where: Sequence[ColumnElement[bool]],
     report: revoking.RevokeReport,
     vaults: VaultPool,
@@ -250,6 +288,8 @@ def _revoke_claimed(
                     after = (claimed[-1].lease_id, claimed[-1].access_key_id)
                 attempted.update((x.lease_id, x.access_key_id) for x in claimed)
                 results = [_fleet_outcome(bulk.without_lease(x, int(now))) for x in claimed if not x.lease_id]
+                refused = {x: lease_id_problem(x, selection) for x in claimed if x.lease_id}
+                results += [Result(x, False, "failed", why, int(now)) for x, why in refused.items() if why]
 
                 def on_result(batch: list[Result], results: list[Result] = results) -> None:
                     results.extend(_fleet_outcome(r) for r in batch)
@@ -257,7 +297,7 @@ def _revoke_claimed(
                         tick(len(batch))
 
                 try:
-                    bulk.revoke_targets([x for x in claimed if x.lease_id], vaults, workers, on_result)
+                    bulk.revoke_targets([x for x, why in refused.items() if not why], vaults, workers, on_result)
                 finally:  # even when interrupted: what Vault revoked is marked and committed
                     _mark(conn, results, by)
                     transaction.commit()

@@ -287,6 +287,34 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
+def allow_host(url: str, host: str) -> bool:
+    """As the database owner would (README, fleet section): let the host login in `url` push rows
+    for `host`. False when the login is no host login or the schema is not there yet."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.username not in HOST_ROLES or not parsed.port:
+        return False
+    try:
+        with psycopg.connect(
+            host=parsed.host,
+            port=parsed.port,
+            user=OWNER,
+            password=parsed.password,
+            dbname=parsed.database,
+            autocommit=True,
+            connect_timeout=5,
+        ) as conn:
+            conn.execute(
+                "INSERT INTO fleet_host_logins (db_user, host) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (parsed.username, host),
+            )
+    except psycopg.Error:
+        return False
+    return True
+
+
 class Host:
     """One machine: its own database, host name, OS user and PostgreSQL login."""
 
@@ -297,6 +325,8 @@ class Host:
         self.db = str(self.dir / "data" / "broker.db")
         self.url = url
         self.key_dir = str(self.dir / "key")
+        if url:
+            allow_host(url, name)
 
     def env(self, **extra) -> dict:
         return {
@@ -351,7 +381,7 @@ class Host:
         sts = credential_type != "iam_user"
         specs = [
             (
-                f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}",
+                f"{mount}/{'sts' if sts else 'creds'}/{role}/{self.name}{i:06d}{token}{'.ns1d' if namespace else ''}",
                 f"ASIA{token.upper()}",
                 f"broker-{self.user}-{i}-{token}" if credential_type == "assumed_role" else None,
             )
