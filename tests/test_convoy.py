@@ -65,7 +65,7 @@ def _hit_table(rows: list[tuple[int, int, int]]) -> sqlite3.Connection:
     )
     for row_id, issued_at, expires_at in rows:
         conn.execute(
-            "INSERT INTO leases VALUES (?, 'k', 'active', x'00', 'AKIA', ?, NULL, ?, NULL)",
+            "INSERT INTO leases VALUES (?, 'k', 'active', x'00', 'AKIA', ?, NULL, ?, 'l', NULL, NULL)",
             (row_id, issued_at, expires_at),
         )
     return conn
