@@ -271,6 +271,15 @@ def run_concurrently(
                 except queue.Empty:
                     break
             delivered += len(batch)
+            log.debug("a batch of %d results", len(batch))
+            for result in batch:
+                log.info(
+                    "%s %s (%s)%s",
+                    result.outcome,
+                    result.target.lease_id or "(no lease id)",
+                    result.target.access_key_id or "?",
+                    f": {result.error}" if result.error else "",
+                )
             on_result(batch)
     except BaseException:
         for future in futures:

@@ -101,6 +101,32 @@ def find_hit(conn: "sqlite3.Connection", key: str, now: float) -> Hit | None:
     return row
 
 
+LATEST_QUERY = (
+    "SELECT COALESCE(renewed_at, issued_at), expires_at, state, secret IS NOT NULL FROM leases "
+    "WHERE cache_key = ? ORDER BY expires_at DESC LIMIT 1"
+)
+
+
+def miss_reason(conn: "sqlite3.Connection", key: str, now: float) -> str:
+    """Why `key` has no servable credential, in words for `-v` (no cache, expired, below the reuse
+    threshold, revoked); "fresh" when there is one after all."""
+    row = conn.execute(LATEST_QUERY, (key,)).fetchone()
+    if row is None:
+        return "no cached credential for this request"
+    started_at, expires_at, state, has_secret = row
+    if state != "active":
+        return f"the cached credential is {state}"
+    if not has_secret:
+        return "the cached secret was cleared"
+    remaining = int(expires_at - now)
+    if remaining <= 0:
+        return f"the cached credential expired {-remaining}s ago"
+    if not reusable(started_at, expires_at, now):
+        needed = max(MIN_REMAINING, min(REFRESH_WINDOW, (expires_at - started_at) // 2))
+        return f"the cached credential has {remaining}s left, below the reuse threshold of {needed}s"
+    return "fresh"
+
+
 def iso_utc(epoch: float) -> str:
     """`YYYY-MM-DDTHH:MM:SSZ`: the one timestamp form every AWS SDK reads the same way."""
     import time

@@ -62,9 +62,69 @@ for command in (
     cli.add_command(command)
 
 
+VERBOSE_FLAGS = ("-v", "-vv", "-vvv", "--verbose")
+GLOBAL_VALUE_FLAGS = ("--db", "--ledger-url")
+# Commands whose arguments after PROFILE are another program's command line (kept untouched), and
+# their options that take a value (so that a value is not mistaken for PROFILE).
+PROGRAM_COMMANDS = {"exec": ("--duration", "--mfa-code")}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the group's options (-v, --db, --ledger-url) given after the command to the front, so that
+    `broker credential-process --profile p -v` works like `broker -v credential-process --profile p`.
+    Nothing after `--`, and nothing after `exec PROFILE` (the program's own arguments), is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    command: str | None = None
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            rest.extend(args[i:])
+            break
+        if command is None and not word.startswith("-"):
+            command = word
+            rest.append(word)
+            if word in PROGRAM_COMMANDS:
+                return _hoist_before_profile(args[:i], args[i + 1 :], word)
+        elif word in VERBOSE_FLAGS:
+            front.append(word)
+        elif word in GLOBAL_VALUE_FLAGS and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        elif word.partition("=")[0] in GLOBAL_VALUE_FLAGS:
+            front.append(word)
+        else:
+            rest.append(word)
+        i += 1
+    return front + rest
+
+
+def _hoist_before_profile(before: list[str], after: list[str], command: str) -> list[str]:
+    """`before` (already in order) + the command's own options up to PROFILE, minus the group's options."""
+    head = hoist_global_options(before)
+    own: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < len(after):
+        word = after[i]
+        if word == "--" or not word.startswith("-"):
+            break
+        if word in VERBOSE_FLAGS:
+            moved.append(word)
+        elif word in GLOBAL_VALUE_FLAGS + PROGRAM_COMMANDS[command] and i + 1 < len(after):
+            (moved if word in GLOBAL_VALUE_FLAGS else own).extend(after[i : i + 2])
+            i += 1
+        else:
+            own.append(word)
+        i += 1
+    return [*moved, *head, command, *own, *after[i:]]
+
+
 def run(args: list[str]) -> int:
     """Run the CLI; every failure becomes one line on stderr and an exit code, never a traceback."""
     os.umask(0o077)
+    args = hoist_global_options(args)
     try:
         result = cli.main(args=args, prog_name="broker", standalone_mode=False)
         return result if isinstance(result, int) else 0

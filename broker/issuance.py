@@ -109,14 +109,22 @@ def obtain(app: App, request: IssueRequest, *, use_cache: bool = True) -> Creden
     """A credential for `request`: from the cache when one is fresh enough, else newly issued."""
     if not use_cache:
         return issue_detached(app, request, store_secret=False)
+    log.debug("cache key: %s", request.cache_key)
     hit = cached(app, request)
     if hit:
+        log.info("hit: %s: cached credential %s", request.describe(), output.mask_key(hit.access_key_id))
         return hit
+    if log.isEnabledFor(logging.INFO):
+        with app.sqlite() as conn:
+            log.info("miss: %s: %s", request.describe(), cache.miss_reason(conn, request.cache_key, time.time()))
     path = locks.lock_path(app.db_path, request.cache_key)
+    log.debug("issuance lock: %s", path)
+    waiting = time.monotonic()
     with locks.hold(path, locks.ISSUANCE_WAIT_SECONDS, f"issuance lock for {request.describe()}"):
+        log.info("issuance lock taken after %.3fs", time.monotonic() - waiting)
         hit = cached(app, request)
         if hit:
-            log.info("served from cache after waiting for another issuance")
+            log.info("hit: served from cache after waiting for another issuance")
             return hit
         renewed = renew_cached(app, request)
         if renewed:

@@ -194,6 +194,9 @@ class Vault:
             )
 
         what = f"{mount}/{endpoint}/{role}"
+        log.info(
+            "vault: %s %s/v1/%s%s", "GET", self.settings.addr, what, f" (namespace {namespace})" if namespace else ""
+        )
         try:
             response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
         except VaultRejected as exc:
@@ -202,6 +205,7 @@ class Vault:
             endpoint = "sts" if endpoint == "creds" else "creds"  # a legacy role fixes the path
             what = f"{mount}/{endpoint}/{role}"
             response = self._call(what, lambda: call(endpoint), retry_read_timeout=False)
+        log.info("vault: %s answered in %.3fs", what, time.time() - started)
         return self._parse_issued(
             response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
         )
