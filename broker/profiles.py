@@ -74,6 +74,23 @@ def check_credential_type(kind: str) -> str:
     return kind
 
 
+STS_MIN_TTL = 900  # AWS refuses shorter STS sessions, and Vault relays the refusal at issue time
+
+
+def check_ttl(ttl: int | None, credential_type: str | None) -> str | None:
+    """Refuse a TTL Vault will refuse for an STS type; for an unknown type, a warning (or None)."""
+    if ttl is None or ttl >= STS_MIN_TTL or credential_type == "iam_user":
+        return None
+    if credential_type in cache.STS_TYPES:
+        raise UsageError(
+            f"--ttl {ttl}s is below the {STS_MIN_TTL}s (15m) minimum AWS allows for {credential_type} credentials"
+        )
+    return (
+        f"--ttl {ttl}s is below the {STS_MIN_TTL}s minimum of STS credentials: fine for an iam_user role, "
+        "refused by Vault for any other (say --credential-type to check now)"
+    )
+
+
 @dataclass(frozen=True)
 class ProfileSpec:
     name: str
@@ -88,6 +105,9 @@ class ProfileSpec:
 
     def validated(self) -> ProfileSpec:
         check_profile_name(self.name)
+        if self.credential_type:
+            check_credential_type(self.credential_type)
+        check_ttl(self.ttl, self.credential_type)
         return ProfileSpec(
             name=self.name,
             mount=check_path(self.mount, "mount"),
@@ -133,14 +153,18 @@ def _get(session: Session, name: str) -> ProfileSpec:
     return _spec(row)
 
 
-def add(app: App, spec: ProfileSpec) -> bool:
-    """Create or replace a profile; returns True when it was new. Replacing a profile wipes the
-    cached secrets issued for its old definition, so they cannot be served under the new one."""
+def add(app: App, spec: ProfileSpec) -> str:
+    """Create or replace a profile: "added", "updated" or "unchanged". Re-adding an identical
+    definition changes nothing and keeps its cached credential (a dotfiles script may run it on
+    every login); a changed one wipes the cached secrets issued for the old definition, so they
+    cannot be served under the new one."""
     spec = spec.validated()
     now = db.now()
     with app.transaction() as session:
         row = session.get(Profile, spec.name)
-        created = row is None
+        if row is not None and _spec(row) == spec:
+            return "unchanged"
+        outcome = "added" if row is None else "updated"
         if row is None:
             row = Profile(name=spec.name, created_at=now)
             session.add(row)
@@ -150,7 +174,7 @@ def add(app: App, spec: ProfileSpec) -> bool:
             setattr(row, field, value)
         row.region = spec.region
         row.updated_at = now
-    return created
+    return outcome
 
 
 def remove(app: App, name: str) -> None:

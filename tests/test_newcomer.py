@@ -65,3 +65,36 @@ def test_global_options_after_the_command_in_the_full_cli(vault, tmp_path):
     listed = run_broker("leases", "--format", "json", "--db", str(other))
     assert len(json.loads(listed.stdout)) == 1
     assert_one_line_error(run_broker("leases", "--db"), code=2)
+
+
+def profile_add(*args: str):
+    return run_broker("profile", "add", *args)
+
+
+def test_an_identical_profile_add_keeps_the_cached_credential(vault):
+    assert profile_add("dev", "--mount", "aws", "--role", "deploy", "--ttl", "1h").stderr == "added profile dev\n"
+    first = credential("--profile", "dev")
+    again = profile_add("dev", "--mount", "aws", "--role", "deploy", "--ttl", "60m")
+    assert again.returncode == 0
+    assert again.stderr == "unchanged profile dev (kept its cached credential)\n"
+    assert credential("--profile", "dev") == first
+    assert len(vault.issued) == 1
+    changed = profile_add("dev", "--mount", "aws", "--role", "deploy", "--ttl", "2h")
+    assert changed.stderr == "updated profile dev\n"
+    assert credential("--profile", "dev")["AccessKeyId"] != first["AccessKeyId"]
+    assert len(vault.issued) == 2
+
+
+@pytest.mark.parametrize("kind", ["assumed_role", "federation_token", "session_token"])
+def test_profile_add_refuses_a_ttl_sts_refuses(vault, kind):
+    result = profile_add("short", "--mount", "aws", "--role", "deploy", "--ttl", "10m", "--credential-type", kind)
+    assert_one_line_error(result, contains=f"below the 900s (15m) minimum AWS allows for {kind}", code=2)
+    assert "short" not in run_broker("profile", "list").stdout
+
+
+def test_a_short_ttl_of_an_unknown_type_is_a_warning_and_iam_user_is_fine(vault):
+    warned = profile_add("maybe", "--mount", "aws", "--role", "ci", "--ttl", "5m")
+    assert warned.returncode == 0
+    assert warned.stderr.startswith("broker: warning: --ttl 300s is below the 900s minimum of STS credentials")
+    fine = profile_add("ci", "--mount", "aws", "--role", "ci", "--ttl", "5m", "--credential-type", "iam_user")
+    assert fine.returncode == 0 and fine.stderr == "added profile ci\n"

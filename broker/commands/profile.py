@@ -54,7 +54,8 @@ def profile_add(
     namespace: str | None,
     write_aws_config: bool,
 ) -> None:
-    """Add or replace the profile NAME."""
+    """Add or replace the profile NAME. Re-adding an identical definition changes nothing (the cached
+    credential stays); a changed one drops the cached credentials of the old definition."""
     from broker import awsconfig, profiles
 
     spec = profiles.ProfileSpec(
@@ -68,9 +69,14 @@ def profile_add(
         credential_type=credential_type,
         region=region,
     )
-    created = profiles.add(app, spec)
+    warning = profiles.check_ttl(ttl, credential_type)
+    if warning:
+        click.echo(f"broker: warning: {warning}", err=True)
+    outcome = profiles.add(app, spec)
     change = awsconfig.write_profile(app, name, spec.region) if write_aws_config else None
-    click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    click.echo(
+        f"{outcome} profile {name}" + (" (kept its cached credential)" if outcome == "unchanged" else ""), err=True
+    )
     if change:
         click.echo(change.describe(name), err=True)
 
