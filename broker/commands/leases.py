@@ -13,8 +13,11 @@ from broker.commands.options import (
     format_option,
     pass_app,
     require_fleet_for_host_and_user,
+    table_options,
 )
 from broker.errors import PartialFailure, UsageError
+from broker.listing import LEASES_TABLE, PUBLIC_COLUMNS
+from broker.output import RENEW_TABLE, REVOKE_TABLE
 from broker.selection import STATES, Selection
 
 
@@ -30,6 +33,7 @@ from broker.selection import STATES, Selection
     help="Which leases: expired = active past its end.",
 )
 @format_option()
+@table_options(LEASES_TABLE, also=(*PUBLIC_COLUMNS, "host", "user"))
 @fleet_options("List the fleet ledger: every host's leases")
 @pass_app
 def leases_command(
@@ -39,14 +43,19 @@ def leases_command(
     role: str | None,
     state: str,
     fmt: str,
+    wide: bool,
+    columns: list[str] | None,
     fleet_wide: bool,
     host: str | None,
     user: str | None,
 ) -> None:
-    """List the leases in the ledger, newest first. Never shows a secret."""
+    """List the leases in the ledger, newest first. Never shows a secret. The table fits 120
+    characters (short lease ids, relative times); --wide or json/csv show everything."""
     from broker import listing, output
 
     require_fleet_for_host_and_user(fleet_wide, host, user, "rows")
+    if fleet_wide and fmt == "json" and columns:
+        raise click.UsageError("--columns with --fleet: use --format csv or table (json is the whole row)")
     selection = Selection(profile=profile, mount=mount, role=role, host=host, user=user, state=state)
     if fleet_wide:
         from broker.fleet import listing as fleet_listing
@@ -54,11 +63,10 @@ def leases_command(
         if fmt == "json":  # each row's JSON text is kept by PostgreSQL: 100,000 rows in well under a second
             count = output.json_array(fleet_listing.json_rows(app, selection))
         else:
-            found = fleet_listing.fleet_listing(app, selection, table=fmt == "table")
-            count = output.render(found.rows, fmt, found.columns, headers=found.headers, widths=found.widths)
+            found = fleet_listing.fleet_listing(app, selection, table=fmt == "table", wide=wide, columns=columns)
+            count = found.render(fmt)
     else:
-        found = listing.list_leases(app, selection, table=fmt == "table")
-        count = output.render(found.rows, fmt, found.columns, headers=found.headers, widths=found.widths)
+        count = listing.list_leases(app, selection, table=fmt == "table", wide=wide, columns=columns).render(fmt)
     if not count and fmt == "table":
         click.echo(f"no leases in the {'fleet ' if fleet_wide else ''}ledger match", err=True)
 
@@ -91,6 +99,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be revoked; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @format_option(choices=("table", "json"), help="Report format.")
+@table_options(REVOKE_TABLE)
 @fleet_options("Revoke in every host's leases, from the fleet ledger")
 @pass_app
 def revoke(
@@ -104,6 +113,8 @@ def revoke(
     dry_run: bool,
     yes: bool,
     fmt: str,
+    wide: bool,
+    columns: list[str] | None,
     fleet_wide: bool,
     host: str | None,
     user: str | None,
@@ -146,7 +157,7 @@ def revoke(
         else None
     )
     report = run(app, selection, dry_run=dry_run, confirm=confirm, progress=progress)
-    output.render_report(report, fmt)
+    output.render_report(report, fmt, wide=wide, columns=columns)
     if report.failed:
         raise PartialFailure(
             f"{len(report.failed)} of {len(report.results)} revocations failed; "
@@ -164,14 +175,23 @@ def revoke(
     metavar="DURATION",
     help="Ask for this much more time, e.g. 1h (default: the role's lease TTL).",
 )
+@table_options(RENEW_TABLE)
 @pass_app
-def renew(app: App, lease_ids: tuple[str, ...], profile: str | None, all_leases: bool, increment: int | None) -> None:
+def renew(
+    app: App,
+    lease_ids: tuple[str, ...],
+    profile: str | None,
+    all_leases: bool,
+    increment: int | None,
+    wide: bool,
+    columns: list[str] | None,
+) -> None:
     """Renew renewable (iam_user) leases and record their new expiry. STS leases are not renewable."""
     from broker import output
     from broker import renew as renewing
 
     selection = Selection(lease_ids=lease_ids, profile=profile, all=all_leases).for_renew()
     report = renewing.renew_matching(app, selection, increment=increment)
-    output.render_report(report, "table")
+    output.render_report(report, "table", wide=wide, columns=columns)
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(report.results)} renewals failed (see above)")

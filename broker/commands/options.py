@@ -9,6 +9,7 @@ import click
 
 from broker import durations
 from broker.app import App
+from broker.output import TableSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,6 +75,38 @@ def request_options(fn: F) -> F:
             ),
         ],
     )
+
+
+def table_options(spec: TableSpec, *, also: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """--wide and --columns for a command that renders `spec` (passed on as `wide`, `columns`):
+    the default table fits 120 characters; --wide shows every column unshortened; --columns a,b,c
+    picks (any of the spec's columns, or of `also`)."""
+    known = [*spec.names, *(name for name in also if name not in spec.names)]
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        chosen = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in known]
+        if unknown or not chosen:
+            raise click.BadParameter(f"unknown column {', '.join(unknown) or '(none)'}; choose from {','.join(known)}")
+        return chosen
+
+    def decorate(fn: F) -> F:
+        return _apply(
+            fn,
+            [
+                click.option("--wide", is_flag=True, help="Table: every column, values in full (ids, times, errors)."),
+                click.option(
+                    "--columns",
+                    metavar="A,B,...",
+                    callback=check,
+                    help=f"Show these columns, in this order; one of: {','.join(known)}.",
+                ),
+            ],
+        )
+
+    return decorate
 
 
 def fleet_options(what: str) -> Callable[[F], F]:
