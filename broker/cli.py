@@ -47,6 +47,8 @@ for command in (
     credentials.credential_process,
     credentials.issue_worker,
     profile.profile,
+    profile.list_command,
+    profile.clear,
     programs.exec_,
     programs.serve,
     programs.export,
@@ -64,32 +66,30 @@ for command in (
 
 VERBOSE_FLAGS = ("-v", "-vv", "-vvv", "--verbose")
 GLOBAL_VALUE_FLAGS = ("--db", "--ledger-url")
-# Commands whose arguments after PROFILE are another program's command line (kept untouched), and
-# their options that take a value (so that a value is not mistaken for PROFILE).
-PROGRAM_COMMANDS = {"exec": ("--duration", "--mfa-code")}
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
     """Move the group's options (-v, --db, --ledger-url) given after the command to the front, so that
     `broker credential-process --profile p -v` works like `broker -v credential-process --profile p`.
-    Nothing after `--`, and nothing after `exec PROFILE` (the program's own arguments), is touched."""
+    Nothing after `--`, and nothing of the program's command line after `exec PROFILE`, is touched."""
     front: list[str] = []
     rest: list[str] = []
-    i = 0
     command: str | None = None
-    while i < len(args):
+    end = len(args)
+    i = 0
+    while i < end:
         word = args[i]
         if word == "--":
-            rest.extend(args[i:])
             break
         if command is None and not word.startswith("-"):
             command = word
+            if word == "exec":
+                start = programs.program_start(args[i + 1 :], (*programs.EXEC_VALUE_OPTIONS, *GLOBAL_VALUE_FLAGS))
+                end = len(args) if start is None else i + 1 + start
             rest.append(word)
-            if word in PROGRAM_COMMANDS:
-                return _hoist_before_profile(args[:i], args[i + 1 :], word)
         elif word in VERBOSE_FLAGS:
             front.append(word)
-        elif word in GLOBAL_VALUE_FLAGS and i + 1 < len(args):
+        elif word in GLOBAL_VALUE_FLAGS and i + 1 < end:
             front.extend(args[i : i + 2])
             i += 1
         elif word.partition("=")[0] in GLOBAL_VALUE_FLAGS:
@@ -97,28 +97,7 @@ def hoist_global_options(args: list[str]) -> list[str]:
         else:
             rest.append(word)
         i += 1
-    return front + rest
-
-
-def _hoist_before_profile(before: list[str], after: list[str], command: str) -> list[str]:
-    """`before` (already in order) + the command's own options up to PROFILE, minus the group's options."""
-    head = hoist_global_options(before)
-    own: list[str] = []
-    moved: list[str] = []
-    i = 0
-    while i < len(after):
-        word = after[i]
-        if word == "--" or not word.startswith("-"):
-            break
-        if word in VERBOSE_FLAGS:
-            moved.append(word)
-        elif word in GLOBAL_VALUE_FLAGS + PROGRAM_COMMANDS[command] and i + 1 < len(after):
-            (moved if word in GLOBAL_VALUE_FLAGS else own).extend(after[i : i + 2])
-            i += 1
-        else:
-            own.append(word)
-        i += 1
-    return [*moved, *head, command, *own, *after[i:]]
+    return front + rest + args[i:]
 
 
 def run(args: list[str]) -> int:

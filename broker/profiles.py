@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -187,6 +188,36 @@ def remove(app: App, name: str) -> None:
 
 def _wipe_cached_secrets(session: Session, profile: str) -> None:
     session.execute(update(Lease).where(Lease.profile == profile).values(secret=None, cache_key=None))
+
+
+LIVE_QUERY = """
+SELECT p.name, p.mount, p.role, l.credential_type, l.access_key_id, l.expires_at
+FROM profiles p LEFT JOIN leases l ON l.id = (
+    SELECT id FROM leases WHERE profile = p.name AND state = 'active' AND secret IS NOT NULL
+    AND cache_key IS NOT NULL AND expires_at > ? ORDER BY expires_at DESC LIMIT 1)
+ORDER BY p.name
+"""
+
+
+def live_credentials(app: App) -> list[dict[str, Any]]:
+    """`broker list`: every profile with its cached credential (or None): type, key id, expiry."""
+    now = int(time.time())
+    with app.sqlite() as conn:
+        rows = conn.execute(LIVE_QUERY, (now,)).fetchall()
+    names = ("profile", "mount", "role", "credential_type", "access_key_id", "expires_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def clear_cached(app: App, name: str | None) -> int:
+    """Drop the cached secrets of profile `name` (every cached secret when None) without revoking:
+    the leases stay in the ledger, active until they expire; the next request issues anew."""
+    condition = [Lease.state == "active", Lease.secret.is_not(None)]
+    with app.transaction() as session:
+        if name is not None:
+            _get(session, name)
+            condition.append(Lease.profile == name)
+        result = session.execute(update(Lease).where(*condition).values(secret=None, cache_key=None))
+        return int(getattr(result, "rowcount", 0) or 0)
 
 
 def list_all(app: App) -> list[ProfileSpec]:

@@ -8,11 +8,13 @@ import sys
 import click
 
 from broker.app import App
-from broker.commands.options import pass_app, request_options
+from broker.commands.options import complete_profiles, pass_app, request_options
 
 
 @click.command(name="credential-process")
-@click.option("--profile", metavar="NAME", help="A profile added with `broker profile add`.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="A profile added with `broker profile add`."
+)
 @click.option("--mount", metavar="MOUNT", help="Vault AWS secrets mount, e.g. aws or ns1/aws/dev.")
 @click.option("--role", metavar="ROLE", help="Vault role name.")
 @request_options

@@ -9,6 +9,8 @@ import click
 from broker.app import App
 from broker.commands.options import (
     INCREMENT,
+    complete_lease_ids,
+    complete_profiles,
     fleet_options,
     format_option,
     pass_app,
@@ -22,7 +24,9 @@ from broker.selection import STATES, Selection
 
 
 @click.command(name="leases")
-@click.option("--profile", metavar="NAME", help="Only leases issued for this profile.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Only leases issued for this profile."
+)
 @click.option("--mount", metavar="MOUNT", help="Only leases from this Vault mount.")
 @click.option("--role", metavar="ROLE", help="Only leases of this Vault role.")
 @click.option(
@@ -85,10 +89,19 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 
 
 @click.command(name="revoke")
-@click.option("--lease-id", "lease_ids", multiple=True, metavar="ID", help="A lease to revoke (repeatable).")
+@click.option(
+    "--lease-id",
+    "lease_ids",
+    multiple=True,
+    metavar="ID",
+    shell_complete=complete_lease_ids,
+    help="A lease to revoke (repeatable).",
+)
 @click.option("--role", metavar="ROLE", help="Every active lease of this Vault role (with --mount: on that mount).")
 @click.option("--mount", metavar="MOUNT", help="Every active lease from this mount (or narrows --role).")
-@click.option("--profile", metavar="NAME", help="Every active lease issued for this profile.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Every active lease issued for this profile."
+)
 @click.option("--all", "all_leases", is_flag=True, help="Every active lease in the ledger.")
 @click.option(
     "--prefix",
@@ -166,8 +179,17 @@ def revoke(
 
 
 @click.command(name="renew")
-@click.option("--lease-id", "lease_ids", multiple=True, metavar="ID", help="A lease to renew (repeatable).")
-@click.option("--profile", metavar="NAME", help="Every active lease issued for this profile.")
+@click.option(
+    "--lease-id",
+    "lease_ids",
+    multiple=True,
+    metavar="ID",
+    shell_complete=complete_lease_ids,
+    help="A lease to renew (repeatable).",
+)
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Every active lease issued for this profile."
+)
 @click.option("--all", "all_leases", is_flag=True, help="Every active lease in the ledger.")
 @click.option(
     "--increment",

@@ -109,6 +109,46 @@ def table_options(spec: TableSpec, *, also: tuple[str, ...] = ()) -> Callable[[F
     return decorate
 
 
+# -- shell completion (Click's shell_complete): names read from the ledger, never an error -------
+
+
+def _completion_rows(ctx: click.Context, query: str, incomplete: str) -> list[str]:
+    """Values for `query` (one column, a LIKE pattern parameter) from the ledger, read-only: completion
+    runs without the group's App, creates nothing and migrates nothing; any problem means no candidates."""
+    import sqlite3
+
+    from broker import settings
+
+    option = ctx.find_root().params.get("db_option")
+    path = settings.db_path(option if isinstance(option, str) else None, settings.load())
+    pattern = incomplete.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return []
+    try:
+        values = [str(row[0]) for row in conn.execute(query, (pattern,)).fetchmany(200) if row[0]]
+        return [v for v in values if v.startswith(incomplete)]  # LIKE ignores case
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return _completion_rows(ctx, "SELECT name FROM profiles WHERE name LIKE ? ESCAPE '\\' ORDER BY name", incomplete)
+
+
+def complete_lease_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Lease ids of active leases, newest first."""
+    return _completion_rows(
+        ctx,
+        "SELECT lease_id FROM leases WHERE state = 'active' AND lease_id != '' AND lease_id LIKE ? ESCAPE '\\' "
+        "ORDER BY issued_at DESC",
+        incomplete,
+    )
+
+
 def fleet_options(what: str) -> Callable[[F], F]:
     """--fleet, with --host and --user that only the fleet ledger can answer."""
 
