@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -98,3 +99,62 @@ def test_a_short_ttl_of_an_unknown_type_is_a_warning_and_iam_user_is_fine(vault)
     assert warned.stderr.startswith("broker: warning: --ttl 300s is below the 900s minimum of STS credentials")
     fine = profile_add("ci", "--mount", "aws", "--role", "ci", "--ttl", "5m", "--credential-type", "iam_user")
     assert fine.returncode == 0 and fine.stderr == "added profile ci\n"
+
+
+# -- what aws-vault users type ----------------------------------------------------------------------
+
+
+def test_exec_without_dashes_runs_everything_after_the_profile(vault):
+    assert profile_add("dev", "--mount", "aws", "--role", "deploy").returncode == 0
+    code = (
+        "import os, sys; print(os.environ['AWS_ACCESS_KEY_ID'], os.environ['AWS_CREDENTIAL_EXPIRATION'], sys.argv[1:])"
+    )
+    plain = run_broker("exec", "dev", sys.executable, "-c", code, "-v", "--server")
+    assert plain.returncode == 0, plain.stderr
+    key_id, _expiry, args = plain.stdout.split(" ", 2)
+    assert args.strip() == "['-v', '--server']"  # the program's own arguments, untouched
+    dashed = run_broker("exec", "dev", "--", sys.executable, "-c", code)
+    assert dashed.stdout.split()[0] == key_id  # the same cached credential
+    # --duration: this call's ttl (a separate request, so a separate credential)
+    short = run_broker("exec", "--duration", "20m", "dev", sys.executable, "-c", code)
+    assert short.returncode == 0, short.stderr
+    assert short.stdout.split()[0] != key_id
+    assert vault.issued[-1].ttl in (1199, 1200)
+
+
+def test_list_shows_every_profile_with_its_live_credential_and_clear_drops_it(vault):
+    profile_add("dev", "--mount", "aws", "--role", "deploy")
+    profile_add("ci", "--mount", "aws", "--role", "ci")
+    key_id = credential("--profile", "dev")["AccessKeyId"]
+    rows = {r["profile"]: r for r in json.loads(run_broker("list", "--format", "json").stdout)}
+    assert rows["dev"]["access_key_id"] == key_id and rows["dev"]["credential_type"] == "assumed_role"
+    assert rows["dev"]["expires_at"].endswith("Z") and rows["dev"]["left"].startswith("59m")
+    assert rows["ci"]["access_key_id"] is None
+    table = run_broker("list").stdout
+    assert "PROFILE" in table and key_id in table and "LEFT" in table
+
+    cleared = run_broker("clear", "dev")
+    assert cleared.returncode == 0 and cleared.stderr.startswith("cleared 1 cached credential of profile dev")
+    assert json.loads(run_broker("list", "--format", "json").stdout)[1]["access_key_id"] is None
+    leases = json.loads(run_broker("leases", "--format", "json").stdout)
+    assert [r["state"] for r in leases] == ["active"]  # not revoked: the lease stays in the ledger
+    assert credential("--profile", "dev")["AccessKeyId"] != key_id
+    assert run_broker("clear").stderr.startswith("cleared 1 cached credential of every profile")
+    assert_one_line_error(run_broker("clear", "nosuch"), contains="unknown profile 'nosuch'", code=3)
+
+
+def test_export_duration_and_unset(vault):
+    profile_add("dev", "--mount", "aws", "--role", "deploy", "--region", "eu-west-1")
+    exported = run_broker("export", "dev", "--duration", "30m")
+    assert exported.returncode == 0, exported.stderr
+    assert "export AWS_ACCESS_KEY_ID=" in exported.stdout
+    unset = run_broker("export", "dev", "--unset")
+    assert unset.stdout.splitlines() == [
+        "unset AWS_ACCESS_KEY_ID",
+        "unset AWS_SECRET_ACCESS_KEY",
+        "unset AWS_SESSION_TOKEN",
+        "unset AWS_CREDENTIAL_EXPIRATION",
+        "unset AWS_REGION",
+        "unset AWS_DEFAULT_REGION",
+    ]
+    assert_one_line_error(run_broker("export", "dev", "--unset", "--format", "json"), contains="--unset", code=2)
