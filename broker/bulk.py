@@ -115,8 +115,14 @@ class Result:
     expires_at: int | None = None  # a renewal's new end
 
 
+STATIC_NOTE = "static role: no lease, nothing to revoke in Vault; the key lives until Vault rotates it"
+
+
 def without_lease(target: Target, now: int) -> Result:
-    """A row Vault issued without a lease id (Vault 1.13.0/1.13.1 STS): nothing to revoke in Vault."""
+    """A row Vault issued without a lease id (a static role's key, or Vault 1.13.0/1.13.1 STS): nothing
+    to revoke in Vault. The row is marked revoked all the same, so broker stops serving it."""
+    if target.credential_type == "static":
+        return Result(target, True, "not_revocable", STATIC_NOTE, now)
     if target.is_sts:
         return Result(target, True, "revoked", None, now)
     return Result(

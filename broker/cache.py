@@ -28,7 +28,8 @@ REFRESH_WINDOW = 15 * 60
 MIN_REMAINING = 60
 
 STS_TYPES = ("assumed_role", "federation_token", "session_token")
-CREDENTIAL_TYPES = ("iam_user", *STS_TYPES)
+# static: a static role's key ({mount}/static-creds/{role}, Vault 1.14+), no lease, cached until Vault rotates it.
+CREDENTIAL_TYPES = ("iam_user", *STS_TYPES, "static")
 
 # What a request is made of; a profile supplies defaults, command-line flags override them.
 REQUEST_FIELDS = ("mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type")
@@ -66,10 +67,13 @@ def merge_request(profile: RequestFields | None, flags: RequestFields) -> Reques
 
 
 def endpoint_for(credential_type: str | None, ttl: int | None, role_arn: str | None) -> str:
-    """`creds` or `sts`. The role decides the credential type in Vault; the path matters only for
-    legacy roles, so use `sts` whenever the request is known or looks like an STS request."""
+    """`creds`, `sts` or (static roles) `static-creds`. The role decides the credential type in Vault;
+    the path matters only for legacy roles, so use `sts` whenever the request is known or looks like an
+    STS request."""
     if credential_type == "iam_user":
         return "creds"
+    if credential_type == "static":
+        return "static-creds"
     if credential_type or ttl or role_arn:
         return "sts"
     return "creds"

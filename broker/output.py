@@ -313,6 +313,11 @@ def _revoke_report(report: RevokeReport, out: TextIO, columns: list[str], wide: 
             f"{state}: sys/leases/revoke-prefix/{call.prefix}{where} at {call.vault_addr}"
             f"{' (' + call.error + ')' if call.error else ''}\n"
         )
+    if any(r.outcome == "not_revocable" for r in report.results):
+        out.write(
+            "note: static role credentials have no lease, so Vault has nothing to revoke; broker stopped serving "
+            "them, and the key stays valid until Vault rotates it: vault write MOUNT/rotate-role/ROLE\n"
+        )
     if report.prefix_calls:
         out.write(
             "note: revoke-prefix revokes every lease under these prefixes, issued to anyone, "

@@ -80,7 +80,7 @@ STS_MIN_TTL = 900  # AWS refuses shorter STS sessions, and Vault relays the refu
 
 def check_ttl(ttl: int | None, credential_type: str | None) -> str | None:
     """Refuse a TTL Vault will refuse for an STS type; for an unknown type, a warning (or None)."""
-    if ttl is None or ttl >= STS_MIN_TTL or credential_type == "iam_user":
+    if ttl is None or ttl >= STS_MIN_TTL or credential_type in ("iam_user", "static"):
         return None
     if credential_type in cache.STS_TYPES:
         raise UsageError(

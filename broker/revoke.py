@@ -41,7 +41,7 @@ class ProgressBar(Protocol):
 Confirm = Callable[[str], object]
 Progress = Callable[[int], AbstractContextManager[ProgressBar]]
 
-OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "failed", "already_revoked", "expired")
+OUTCOMES = ("revoked", "would_revoke", "not_in_ledger", "not_revocable", "failed", "already_revoked", "expired")
 
 
 @dataclass(frozen=True)

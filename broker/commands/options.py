@@ -15,7 +15,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 pass_app = click.make_pass_decorator(App)
 
-CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token"])
+CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token", "static"])
 
 
 class Duration(click.ParamType[int, Any]):
@@ -147,6 +147,15 @@ def complete_lease_ids(ctx: click.Context, param: click.Parameter, incomplete: s
         "ORDER BY issued_at DESC",
         incomplete,
     )
+
+
+def mfa_option(fn: F) -> F:
+    return click.option(
+        "--mfa-code",
+        metavar="CODE",
+        help="One-time code of the MFA device a session_token role requires (asked on the terminal when "
+        "there is one and it is missing).",
+    )(fn)
 
 
 def fleet_options(what: str) -> Callable[[F], F]:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from broker.app import App
-from broker.commands.options import TTL, F, complete_profiles, pass_app
+from broker.commands.options import TTL, F, complete_profiles, mfa_option, pass_app
 
 EXEC_VALUE_OPTIONS = ("--duration", "--mfa-code")
 
@@ -59,9 +59,9 @@ def duration_option(what: str) -> Callable[[F], F]:
     )
 
 
-def request_flags(duration: int | None) -> dict[str, Any]:
-    """This call's request fields over the profile's."""
-    return {"ttl": duration} if duration else {}
+def request_flags(duration: int | None, mfa_code: str | None = None) -> dict[str, Any]:
+    """This call's request fields over the profile's (and the MFA code, which is no request field)."""
+    return {"ttl": duration, "mfa_code": mfa_code}
 
 
 @click.command(name="exec", cls=_CommandAfterProfile, short_help="Run a command with PROFILE's credentials.")
@@ -74,8 +74,11 @@ def request_flags(duration: int | None) -> dict[str, Any]:
 )
 @click.option("--force", is_flag=True, help="Run even inside another `broker exec` (BROKER_PROFILE set).")
 @duration_option("this run")
+@mfa_option
 @click.pass_context
-def exec_(ctx: click.Context, profile: str, server: bool, force: bool, duration: int | None) -> int:
+def exec_(
+    ctx: click.Context, profile: str, server: bool, force: bool, duration: int | None, mfa_code: str | None
+) -> int:
     """Run CMD with the credentials of PROFILE: everything after PROFILE is the command
     (`broker exec dev aws s3 ls`; a `--` after PROFILE is allowed). Options go before PROFILE.
 
@@ -94,7 +97,7 @@ def exec_(ctx: click.Context, profile: str, server: bool, force: bool, duration:
         )
     app = ctx.find_object(App)
     assert app is not None  # the group made it
-    flags = request_flags(duration)
+    flags = request_flags(duration, mfa_code)
     if server:
         return launch.exec_with_server(app, profile, command, force=force, flags=flags)
     return launch.exec_with_keys(app, profile, command, force=force, flags=flags)
@@ -127,16 +130,17 @@ def serve(app: App, profile: str, port: int | None, duration: int | None) -> int
     help="env: `export AWS_...=...` lines; json: the credential_process object; ini: a credentials-file section.",
 )
 @duration_option("this credential")
+@mfa_option
 @click.option("--unset", is_flag=True, help="With --format env: print the `unset` lines that undo the export.")
 @pass_app
-def export(app: App, profile: str, fmt: str, duration: int | None, unset: bool) -> None:
+def export(app: App, profile: str, fmt: str, duration: int | None, mfa_code: str | None, unset: bool) -> None:
     """Print PROFILE's credentials, e.g. eval "$(broker export PROFILE)"; undo with
     eval "$(broker export PROFILE --unset)"."""
     from broker import launch
 
     if unset and fmt != "env":
         raise click.UsageError("--unset goes with --format env")
-    click.echo(launch.export(app, profile, fmt, flags=request_flags(duration), unset=unset), nl=False)
+    click.echo(launch.export(app, profile, fmt, flags=request_flags(duration, mfa_code), unset=unset), nl=False)
 
 
 @click.command()
@@ -151,6 +155,7 @@ def export(app: App, profile: str, fmt: str, duration: int | None, unset: bool) 
     help="Federation endpoint (env BROKER_FEDERATION_URL; default https://signin.aws.amazon.com/federation).",
 )
 @duration_option("the console session's credential")
+@mfa_option
 @pass_app
 def login(
     app: App,
@@ -160,6 +165,7 @@ def login(
     region: str | None,
     federation_url: str | None,
     duration: int | None,
+    mfa_code: str | None,
 ) -> None:
     """Open the AWS console signed in with PROFILE's credentials (assumed_role or federation_token).
 
@@ -170,7 +176,7 @@ def login(
     from broker import signin
 
     url = signin.login_url(
-        app, profile, region=region, path=path, federation_url=federation_url, flags=request_flags(duration)
+        app, profile, region=region, path=path, federation_url=federation_url, flags=request_flags(duration, mfa_code)
     )
     opened = False
     if not to_stdout:
