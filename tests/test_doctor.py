@@ -45,7 +45,7 @@ def test_doctor_all_well(vault):
     assert code == 0, lines
     assert line_for(lines, "vault address").startswith("ok   vault address: http://127.0.0.1:")
     assert line_for(lines, "vault token") == "ok   vault token: never expires; policies: root"
-    assert line_for(lines, "database schema") == "ok   database schema: revision 0001 (current)"
+    assert line_for(lines, "database schema") == "ok   database schema: revision 0002 (current)"
     assert line_for(lines, "profile dev:") == "ok   profile dev: aws/roles/deploy (assumed_role)"
     assert line_for(lines, "profile team:") == "ok   profile team: aws/roles/deploy in namespace team1 (assumed_role)"
     assert not os.path.exists(os.path.join(os.environ["XDG_CONFIG_HOME"], "broker", "key"))  # nothing created
