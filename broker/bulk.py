@@ -144,8 +144,14 @@ def other_vault(target: Target, configured: str, now: int) -> Result:
     )
 
 
+STATIC_NOTE = "static role: no lease, nothing to revoke in Vault; the key lives until Vault rotates it"
+
+
 def without_lease(target: Target, now: int) -> Result:
-    """A row Vault issued without a lease id (Vault 1.13.0/1.13.1 STS): nothing to revoke in Vault."""
+    """A row Vault issued without a lease id (a static role's key, or Vault 1.13.0/1.13.1 STS): nothing
+    to revoke in Vault. The row is marked revoked all the same, so broker stops serving it."""
+    if target.credential_type == "static":
+        return Result(target, True, "not_revocable", STATIC_NOTE, now)
     if target.is_sts:
         return Result(target, True, "revoked", None, now)
     return Result(
@@ -319,6 +325,15 @@ def run_concurrently(
                 except queue.Empty:
                     break
             delivered += len(batch)
+            log.debug("a batch of %d results", len(batch))
+            for result in batch:
+                log.info(
+                    "%s %s (%s)%s",
+                    result.outcome,
+                    result.target.lease_id or "(no lease id)",
+                    result.target.access_key_id or "?",
+                    f": {result.error}" if result.error else "",
+                )
             on_result(batch)
     except BaseException:
         for future in futures:

@@ -29,7 +29,8 @@ REFRESH_WINDOW = 15 * 60
 MIN_REMAINING = 60
 
 STS_TYPES = ("assumed_role", "federation_token", "session_token")
-CREDENTIAL_TYPES = ("iam_user", *STS_TYPES)
+# static: a static role's key ({mount}/static-creds/{role}, Vault 1.14+), no lease, cached until Vault rotates it.
+CREDENTIAL_TYPES = ("iam_user", *STS_TYPES, "static")
 
 # What a request is made of; a profile supplies defaults, command-line flags override them.
 REQUEST_FIELDS = ("mount", "role", "namespace", "ttl", "role_arn", "role_session_name", "credential_type")
@@ -80,10 +81,13 @@ def merge_request(profile: RequestFields | None, flags: RequestFields) -> Reques
 
 
 def endpoint_for(credential_type: str | None, ttl: int | None, role_arn: str | None) -> str:
-    """`creds` or `sts`. The role decides the credential type in Vault; the path matters only for
-    legacy roles, so use `sts` whenever the request is known or looks like an STS request."""
+    """`creds`, `sts` or (static roles) `static-creds`. The role decides the credential type in Vault;
+    the path matters only for legacy roles, so use `sts` whenever the request is known or looks like an
+    STS request."""
     if credential_type == "iam_user":
         return "creds"
+    if credential_type == "static":
+        return "static-creds"
     if credential_type or ttl or role_arn:
         return "sts"
     return "creds"
@@ -127,6 +131,32 @@ def find_hit(conn: "sqlite3.Connection", key: str, now: float, newer_than: int |
     if newer_than is not None and row[0] > newer_than and row[4] - now >= WAITER_MIN_REMAINING:
         return row
     return None
+
+
+LATEST_QUERY = (
+    "SELECT COALESCE(renewed_at, issued_at), expires_at, state, secret IS NOT NULL FROM leases "
+    "WHERE cache_key = ? ORDER BY expires_at DESC LIMIT 1"
+)
+
+
+def miss_reason(conn: "sqlite3.Connection", key: str, now: float) -> str:
+    """Why `key` has no servable credential, in words for `-v` (no cache, expired, below the reuse
+    threshold, revoked); "fresh" when there is one after all."""
+    row = conn.execute(LATEST_QUERY, (key,)).fetchone()
+    if row is None:
+        return "no cached credential for this request"
+    started_at, expires_at, state, has_secret = row
+    if state != "active":
+        return f"the cached credential is {state}"
+    if not has_secret:
+        return "the cached secret was cleared"
+    remaining = int(expires_at - now)
+    if remaining <= 0:
+        return f"the cached credential expired {-remaining}s ago"
+    if not reusable(started_at, expires_at, now):
+        needed = max(MIN_REMAINING, min(REFRESH_WINDOW, (expires_at - started_at) // 2))
+        return f"the cached credential has {remaining}s left, below the reuse threshold of {needed}s"
+    return "fresh"
 
 
 def iso_utc(epoch: float) -> str:

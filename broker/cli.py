@@ -47,6 +47,8 @@ for command in (
     credentials.credential_process,
     credentials.issue_worker,
     profile.profile,
+    profile.list_command,
+    profile.clear,
     programs.exec_,
     programs.serve,
     programs.export,
@@ -65,9 +67,46 @@ for command in (
     cli.add_command(command)
 
 
+VERBOSE_FLAGS = ("-v", "-vv", "-vvv", "--verbose")
+GLOBAL_VALUE_FLAGS = ("--db", "--ledger-url")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the group's options (-v, --db, --ledger-url) given after the command to the front, so that
+    `broker credential-process --profile p -v` works like `broker -v credential-process --profile p`.
+    Nothing after `--`, and nothing of the program's command line after `exec PROFILE`, is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    command: str | None = None
+    end = len(args)
+    i = 0
+    while i < end:
+        word = args[i]
+        if word == "--":
+            break
+        if command is None and not word.startswith("-"):
+            command = word
+            if word == "exec":
+                start = programs.program_start(args[i + 1 :], (*programs.EXEC_VALUE_OPTIONS, *GLOBAL_VALUE_FLAGS))
+                end = len(args) if start is None else i + 1 + start
+            rest.append(word)
+        elif word in VERBOSE_FLAGS:
+            front.append(word)
+        elif word in GLOBAL_VALUE_FLAGS and i + 1 < end:
+            front.extend(args[i : i + 2])
+            i += 1
+        elif word.partition("=")[0] in GLOBAL_VALUE_FLAGS:
+            front.append(word)
+        else:
+            rest.append(word)
+        i += 1
+    return front + rest + args[i:]
+
+
 def run(args: list[str]) -> int:
     """Run the CLI; every failure becomes one line on stderr and an exit code, never a traceback."""
     os.umask(0o077)
+    args = hoist_global_options(args)
     try:
         result = cli.main(args=args, prog_name="broker", standalone_mode=False)
         return result if isinstance(result, int) else 0

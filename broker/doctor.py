@@ -274,7 +274,8 @@ def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[ProfileRo
         checks.append(Check(WARN, "profiles: none yet; add one with `broker profile add NAME --mount M --role R`"))
         return
     for name, mount, role, namespace, credential_type in rows:
-        what = f"profile {name}: {mount}/roles/{role}" + (
+        kind = "static-roles" if credential_type == "static" else "roles"
+        what = f"profile {name}: {mount}/{kind}/{role}" + (
             f" in namespace {env.vault_namespace(namespace)}" if env.vault_namespace(namespace) else ""
         )
         if vault is None:
@@ -284,10 +285,12 @@ def _check_profiles(env: settings.Env, vault: Vault | None, rows: list[ProfileRo
 
 
 def _role_check(vault: Vault, what: str, mount: str, role: str, namespace: str, credential_type: str | None) -> Check:
+    static = credential_type == "static"
+    kind = "static-roles" if static else "roles"
     try:
-        data = vault.read_role(mount, role, namespace)
+        data = vault.read_static_role(mount, role, namespace) if static else vault.read_role(mount, role, namespace)
     except VaultDenied:
-        return Check(WARN, f"{what}: cannot verify (the token lacks read on {mount}/roles/*; issuing may still work)")
+        return Check(WARN, f"{what}: cannot verify (the token lacks read on {mount}/{kind}/*; issuing may still work)")
     except VaultRejected as exc:
         if "no handler for route" in str(exc):
             return Check(FAIL, f"{what}: Vault has no AWS secrets engine mounted at {mount!r}")
@@ -296,6 +299,8 @@ def _role_check(vault: Vault, what: str, mount: str, role: str, namespace: str, 
         return Check(FAIL, f"{what}: {exc}")
     if data is None:
         return Check(FAIL, f"{what}: Vault has no role {role!r} on mount {mount!r}")
+    if static:
+        return Check(OK, f"{what} (static, rotated every {data.get('rotation_period', '?')}s)")
     found = data.get("credential_type")
     found = ",".join(found) if isinstance(found, list) else found
     if credential_type and found and credential_type not in str(found).split(","):

@@ -148,6 +148,15 @@ def render_export(keys: Keys | Credential, fmt: str, *, profile: str, region: st
     raise ValueError(f"unknown export format {fmt!r}")
 
 
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CREDENTIAL_EXPIRATION")
+
+
+def render_unset(*, region: bool) -> str:
+    """The lines that undo `eval "$(broker export PROFILE)"` (every variable it may set)."""
+    names = [*CREDENTIAL_VARS, *(("AWS_REGION", "AWS_DEFAULT_REGION") if region else ())]
+    return "".join(f"unset {name}\n" for name in names)
+
+
 def render_endpoint_exports(endpoint: Endpoint) -> str:
     """The two lines `broker serve` prints for `eval`."""
     return (

@@ -33,10 +33,12 @@ FLAG_FIELDS = {
     "--credential-type": "credential_type",
 }
 GLOBAL_FLAGS = {"--db": "db", "--ledger-url": "ledger_url"}
+VERBOSE_FLAGS = {"-v": 1, "-vv": 2, "-vvv": 3, "--verbose": 1}
 
 
 def parse(argv: list[str]) -> "dict[str, Any] | None":
-    """`[--db P] [--ledger-url U] credential-process FLAGS` into a dict, or None if it is anything else."""
+    """`[--db P] [--ledger-url U] [-v] credential-process FLAGS` into a dict, or None if it is anything
+    else. Global flags may also come after the command, as the full CLI allows; `-v`s add up."""
     options: dict[str, Any] = {}
     table = GLOBAL_FLAGS
     i = 0
@@ -44,7 +46,11 @@ def parse(argv: list[str]) -> "dict[str, Any] | None":
     while i < len(argv):
         word = argv[i]
         if not seen_command and word == "credential-process":
-            seen_command, table = True, FLAG_FIELDS
+            seen_command, table = True, {**FLAG_FIELDS, **GLOBAL_FLAGS}
+            i += 1
+            continue
+        if word in VERBOSE_FLAGS:
+            options["verbose"] = options.get("verbose", 0) + VERBOSE_FLAGS[word]
             i += 1
             continue
         name, eq, value = word.partition("=")
@@ -60,6 +66,26 @@ def parse(argv: list[str]) -> "dict[str, Any] | None":
         options[table[name]] = value
         i += 1
     return options if seen_command else None
+
+
+def _say(level: str, text: str) -> None:
+    """One log line in the format of the full CLI's logging (no logging module on the hit path)."""
+    sys.stderr.write(f"broker: {level}: {text}\n")
+
+
+def _lock_path(path: str, key: str) -> str:
+    from broker import locks
+
+    return locks.lock_path(path, key)
+
+
+def _hit_line(answer: str, options: "dict[str, Any]") -> str:
+    """`hit: ...` naming the access key id and expiry, read back from the JSON about to be printed
+    (the two fields that are no secret), never the secret halves."""
+    expiration = answer.rpartition('"Expiration": "')[2].partition('"')[0]
+    key_id = answer.partition('"AccessKeyId": "')[2].partition('"')[0][-4:]  # logs show the last four (mask_key)
+    what = f"profile {options['profile']}" if "profile" in options else f"{options['mount']}/{options['role']}"
+    return f"hit: {what}: cached credential ...{key_id}, expires {expiration or 'later'} (no Vault request)"
 
 
 def _safe(path: str, wanted: int) -> bool:
@@ -91,11 +117,18 @@ def serve(argv: list[str]) -> int | None:
             key = _cache_key(conn, env, options)
             if key is None:
                 return None
+            verbose = options.get("verbose", 0)
+            if verbose >= 2:
+                _say("DEBUG", "cache key: " + key)
             answer = _answer(conn, env, key)
             if answer is None:  # noted after the miss: a hit costs one profile and one lease query
+                if verbose >= 2:
+                    _say("DEBUG", "lock: " + _lock_path(path, key))
                 answer = _wait_for_issuance(conn, env, path, key, cache.newest_row(conn))
                 if answer is None:
                     return None
+            if verbose:
+                _say("INFO", _hit_line(answer, options))
         finally:
             conn.close()
     except LockTimeout as exc:  # waiting again in the full CLI would double the wait

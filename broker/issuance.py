@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
@@ -49,6 +49,8 @@ class IssueRequest:
     credential_type: str | None = None
     region: str | None = None
     account_id: str | None = None  # the profile's --account-id: recorded when Vault's answer has no ARN
+    # a one-time MFA code for session_token roles with an MFA device; not part of the cache key
+    mfa_code: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def endpoint(self) -> str:
@@ -107,28 +109,88 @@ def build_request(app: App, profile_name: str | None, flags: cache.RequestFields
         ),
         region=profile.region if profile else None,
         account_id=profile.account_id if profile else None,
+        mfa_code=check_mfa_code(flags["mfa_code"]) if flags.get("mfa_code") else None,
     )
+
+
+def check_mfa_code(code: str) -> str:
+    if not (isinstance(code, str) and len(code) == 6 and code.isascii() and code.isdigit()):
+        raise UsageError("invalid MFA code: the 6 digits your MFA device shows")
+    return code
+
+
+MFA_NEEDED = "MultiFactorAuthentication failed, must provide both MFA serial number and one time pass code"
+
+
+def issue_asking_for_mfa(app: App, request: IssueRequest, *, store_secret: bool) -> Credential:
+    """issue_detached; when the role turns out to need an MFA code that was not given, ask for one on
+    the controlling terminal (/dev/tty: credential_process has no stdin) and issue again, or say how."""
+    try:
+        return issue_detached(app, request, store_secret=store_secret)
+    except VaultError as exc:
+        if request.mfa_code or MFA_NEEDED not in str(exc):
+            raise
+    code = prompt_on_tty(f"broker: MFA code for {request.describe()}: ")
+    if code is None:
+        raise UsageError(
+            f"{request.describe()} needs an MFA code and there is no terminal to ask on: pass --mfa-code CODE"
+        )
+    return issue_detached(app, replace(request, mfa_code=check_mfa_code(code.strip())), store_secret=store_secret)
+
+
+def prompt_on_tty(prompt: str) -> str | None:
+    """Ask on the controlling terminal and read one line (not echoed); None when there is none."""
+    import termios
+
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "r+b", buffering=0) as tty:
+        try:  # echo off before the prompt shows, so that nothing typed after it is echoed
+            old = termios.tcgetattr(fd)
+            new = termios.tcgetattr(fd)
+            new[3] &= ~termios.ECHO
+            termios.tcsetattr(fd, termios.TCSADRAIN, new)
+        except termios.error:
+            old = None
+        tty.write(prompt.encode())
+        try:
+            line = tty.readline(64)
+        finally:
+            if old is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, old)
+            tty.write(b"\n")
+    return line.decode(errors="replace").strip() or None
 
 
 def obtain(app: App, request: IssueRequest, *, use_cache: bool = True) -> Credential:
     """A credential for `request`: from the cache when one is fresh enough, else newly issued."""
     if not use_cache:
-        return issue_detached(app, request, store_secret=False)
+        return issue_asking_for_mfa(app, request, store_secret=False)
+    log.debug("cache key: %s", request.cache_key)
     newest = _newest_row(app)
     hit = cached(app, request)
     if hit:
+        log.info("hit: %s: cached credential %s", request.describe(), output.mask_key(hit.access_key_id))
         return hit
+    if log.isEnabledFor(logging.INFO):
+        with app.sqlite() as conn:
+            log.info("miss: %s: %s", request.describe(), cache.miss_reason(conn, request.cache_key, time.time()))
     path = locks.lock_path(app.db_path, request.cache_key)
+    log.debug("issuance lock: %s", path)
+    waiting = time.monotonic()
     with locks.hold(path, wait_seconds(app), f"issuance lock for {request.describe()}"):
+        log.info("issuance lock taken after %.3fs", time.monotonic() - waiting)
         hit = cached(app, request, newer_than=newest)
         if hit:
-            log.info("served from cache after waiting for another issuance")
+            log.info("hit: served from cache after waiting for another issuance")
             return hit
         renewed = renew_cached(app, request)
         if renewed:
             return renewed
         try:
-            return issue_detached(app, request, store_secret=True)
+            return issue_asking_for_mfa(app, request, store_secret=True)
         except VaultError as exc:
             fallback = cached(app, request, fresh_only=False)
             if fallback is None:
@@ -425,16 +487,20 @@ def issue_and_record(app: App, request: IssueRequest, *, store_secret: bool) -> 
     who = identity.token_identity(app)  # cached per token; a failed lookup records no identity
     intent_id = _write_intent(app, request, session_name)
     try:
-        issued = app.vault.issue(
-            namespace=request.namespace,
-            mount=request.mount,
-            role=request.role,
-            endpoint=request.endpoint,
-            ttl=request.ttl,
-            role_arn=request.role_arn,
-            role_session_name=session_name,
-            credential_type=request.credential_type,
-        )
+        if request.credential_type == "static":
+            issued = app.vault.issue_static(namespace=request.namespace, mount=request.mount, role=request.role)
+        else:
+            issued = app.vault.issue(
+                namespace=request.namespace,
+                mount=request.mount,
+                role=request.role,
+                endpoint=request.endpoint,
+                ttl=request.ttl,
+                role_arn=request.role_arn,
+                role_session_name=session_name,
+                credential_type=request.credential_type,
+                mfa_code=request.mfa_code,
+            )
     except VaultTimeout:
         raise  # Vault may have issued: the intent row stays as the record of that
     except BaseException:

@@ -48,19 +48,31 @@ class CommandNotExecutable(BrokerError):
     exit_code = 126
 
 
-def prepare(app: App, profile: str, *, force: bool) -> tuple[IssueRequest, Credential]:
+# `flags`: request fields given on the command line for this call (--duration is the ttl), over the profile's.
+Flags = dict[str, Any]
+
+
+def prepare(app: App, profile: str, *, force: bool, flags: Flags | None = None) -> tuple[IssueRequest, Credential]:
     """Check nesting, then the request and a first credential (so errors come before any child runs)."""
     from broker import issuance
 
     execenv.check_not_nested(os.environ, force)
-    request = issuance.build_request(app, profile, {})
+    request = issuance.build_request(app, profile, flags or {})
     credential = issuance.obtain(app, request)
     return request, credential
 
 
-def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool, keep_vault_token: bool = False) -> int:
+def exec_with_keys(
+    app: App,
+    profile: str,
+    command: list[str],
+    *,
+    force: bool,
+    keep_vault_token: bool = False,
+    flags: Flags | None = None,
+) -> int:
     """Env mode: put the keys in the environment and become the command."""
-    request, credential = prepare(app, profile, force=force)
+    request, credential = prepare(app, profile, force=force, flags=flags)
     env = execenv.child_env(
         os.environ, profile, region=request.region, keys=credential, keep_vault_token=keep_vault_token
     )
@@ -79,11 +91,19 @@ def exec_with_keys(app: App, profile: str, command: list[str], *, force: bool, k
     return 0  # not reached
 
 
-def exec_with_server(app: App, profile: str, command: list[str], *, force: bool, keep_vault_token: bool = False) -> int:
+def exec_with_server(
+    app: App,
+    profile: str,
+    command: list[str],
+    *,
+    force: bool,
+    keep_vault_token: bool = False,
+    flags: Flags | None = None,
+) -> int:
     """Server mode: serve fresh credentials on loopback to a child, for as long as it runs."""
     from broker.credserver import CredentialServer
 
-    request, _first = prepare(app, profile, force=force)
+    request, _first = prepare(app, profile, force=force, flags=flags)
     with CredentialServer(app, request) as server:
         env = execenv.child_env(
             os.environ, profile, region=request.region, endpoint=server.endpoint, keep_vault_token=keep_vault_token
@@ -99,12 +119,12 @@ def exec_with_server(app: App, profile: str, command: list[str], *, force: bool,
     return exit_like(returncode)
 
 
-def serve(app: App, profile: str, port: int, out: TextIO) -> int:
+def serve(app: App, profile: str, port: int, out: TextIO, *, flags: Flags | None = None) -> int:
     """`broker serve`: the endpoint in the foreground until SIGINT or SIGTERM."""
     from broker import issuance
     from broker.credserver import CredentialServer
 
-    request = issuance.build_request(app, profile, {})
+    request = issuance.build_request(app, profile, flags or {})
     issuance.obtain(app, request)  # fail now, not at the SDK's first request
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -130,10 +150,13 @@ def serve(app: App, profile: str, port: int, out: TextIO) -> int:
     return 0
 
 
-def export(app: App, profile: str, fmt: str) -> str:
+def export(app: App, profile: str, fmt: str, *, flags: Flags | None = None, unset: bool = False) -> str:
+    """`broker export`: the credentials in `fmt`; with `unset`, the shell lines that remove them again."""
     from broker import issuance
 
-    request = issuance.build_request(app, profile, {})
+    if unset:
+        return execenv.render_unset(region=bool(issuance.build_request(app, profile, {}).region))
+    request = issuance.build_request(app, profile, flags or {})
     credential = issuance.obtain(app, request)
     return execenv.render_export(credential, fmt, profile=profile, region=request.region)
 

@@ -10,14 +10,14 @@ Listings stream: rows come from the database in batches (yield_per) and go out o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from broker import cache, durations
+from broker import cache, durations, output
 from broker.models import LEASES, Lease
 from broker.selection import Selection
 
@@ -50,10 +50,6 @@ PUBLIC_COLUMNS = [
     "principal_arn",
 ]
 TIME_COLUMNS = ("issued_at", "expires_at", "revoked_at")
-# The table: the first ten, how long each active credential has left, the state and when revoked,
-# who asked (the Vault display name) for which account, and why a revocation failed.
-TABLE_COLUMNS = [*PUBLIC_COLUMNS[:10], "left", "state", "revoked_at", "display_name", "account_id", "revoke_error"]
-REVOKE_ERROR_WIDTH = 40  # the table shows the start of a failed revocation's error; json/csv all of it
 TABLE_HEADERS = {
     "lease_id": "LEASE ID",
     "profile": "PROFILE",
@@ -63,18 +59,67 @@ TABLE_HEADERS = {
     "credential_type": "TYPE",
     "access_key_id": "ACCESS KEY ID",
     "role_session_name": "SESSION NAME",
-    "issued_at": "ISSUED (UTC)",
-    "expires_at": "EXPIRES (UTC)",
+    "issued_at": "ISSUED",
+    "expires_at": "EXPIRES",
     "left": "LEFT",
     "state": "STATE",
-    "revoked_at": "REVOKED (UTC)",
-    "display_name": "ASKED BY",
-    "account_id": "ACCOUNT",
+    "revoked_at": "REVOKED",
+    "revoked_by": "REVOKED BY",
     "revoke_error": "REVOKE ERROR",
+    "end_reason": "END REASON",
+    "display_name": "ASKED BY",
+    "entity_id": "ENTITY ID",
+    "token_accessor": "TOKEN ACCESSOR",
+    "token_policies": "POLICIES",
+    "account_id": "ACCOUNT",
+    "principal_arn": "PRINCIPAL ARN",
 }
+# Shorteners of the default table (json, csv and --wide carry the full values).
+RELATIVE_WIDTH = len("23h59m ago") + 1
+SHORTENERS: dict[str, tuple[Callable[[Any, float], str | None], int]] = {
+    "lease_id": (output.short_id, output.SHORT_ID_CHARS + 2),
+    "role_session_name": (output.cut(24), 24),
+    "issued_at": (output.relative_time, RELATIVE_WIDTH),
+    "expires_at": (output.relative_time, RELATIVE_WIDTH),
+    "revoked_at": (output.relative_time, RELATIVE_WIDTH),
+    "principal_arn": (output.cut(40), 40),
+    "revoke_error": (lambda text, _now: table_error(text), 40),
+}
+REVOKE_ERROR_WIDTH = 40  # the table shows the start of a failed revocation's error; json/csv all of it
+
+
+def table_error(text: str | None) -> str | None:
+    """A revoke_error for the table: without its leading timestamp, shortened."""
+    if text and len(text) > 21 and text[4] == "-" and text[19] == "Z" and text[20] == " ":
+        text = text[21:]
+    return text if text is None or len(text) <= REVOKE_ERROR_WIDTH else text[: REVOKE_ERROR_WIDTH - 3] + "..."
+
+
+def table_column(name: str) -> output.Column:
+    shorten, width = SHORTENERS.get(name, (None, None))
+    return output.Column(name, TABLE_HEADERS.get(name, name.upper()), shorten, width)
+
+
+# `broker leases`: every public column plus the time left; by default the ones an engineer looks
+# at first, about 110 characters for typical values, and why a revocation failed when one did.
+LEASES_TABLE = output.TableSpec(
+    columns=tuple(table_column(name) for name in [*PUBLIC_COLUMNS[:10], "left", "state", *PUBLIC_COLUMNS[11:]]),
+    default=(
+        "lease_id",
+        "profile",
+        "mount",
+        "role",
+        "credential_type",
+        "access_key_id",
+        "issued_at",
+        "expires_at",
+        "state",
+    ),
+)
+TABLE_COLUMNS = LEASES_TABLE.names
 YIELD_PER = 2000
-# Widths of the table's columns whose values have a known size: "2026-11-26 19:08:30", "expired",
-# "32d23h59m59s".
+# Widths of the --wide table's columns whose values have a known size: "2026-11-26 19:08:30",
+# "expired", "32d23h59m59s".
 FIXED_WIDTHS = {"issued_at": 19, "expires_at": 19, "revoked_at": 19, "state": len("expired"), "left": 12}
 
 # The local ledger's columns by name, for Selection.conditions.
@@ -92,6 +137,13 @@ class Listing:
     columns: list[str]
     headers: dict[str, str] | None = None
     widths: dict[str, int] | None = None  # for a streamed table
+    spec: output.TableSpec | None = None  # a table's layout (output.render_table)
+    wide: bool = False
+
+    def render(self, fmt: str) -> int:
+        if fmt == "table" and self.spec is not None:
+            return output.render_table(self.spec, self.rows, self.columns, wide=self.wide, widths=self.widths)
+        return output.render(self.rows, fmt, self.columns, headers=self.headers, widths=self.widths)
 
 
 def derived_state(state: str, expires_at: int, now: float) -> str:
@@ -119,35 +171,37 @@ def public_row(values: dict[str, Any], now: float, *, table: bool) -> dict[str, 
         row["left"] = time_left(row["state"], values["expires_at"], now)
         for name in TIME_COLUMNS:
             row[name] = readable_time(values[name])
-        row["revoke_error"] = table_error(row["revoke_error"])
     else:
         for name in TIME_COLUMNS:
             row[name] = iso_or_none(values[name])
     return row
 
 
-def shortened(text: str | None, width: int) -> str | None:
-    """`text` cut to `width` characters (ending in "...") for a table column."""
-    return text if text is None or len(text) <= width else text[: width - 3] + "..."
-
-
-def table_error(text: str | None) -> str | None:
-    """A revoke_error for the table: without its leading timestamp, shortened."""
-    if text and len(text) > 21 and text[4] == "-" and text[19] == "Z" and text[20] == " ":
-        text = text[21:]
-    return shortened(text, REVOKE_ERROR_WIDTH)
-
-
-def list_leases(app: App, selection: Selection, *, table: bool = False) -> Listing:
+def list_leases(
+    app: App,
+    selection: Selection,
+    *,
+    table: bool = False,
+    wide: bool = False,
+    columns: Sequence[str] | None = None,
+) -> Listing:
     """The leases `selection` names, newest first, streamed. For a table, column widths
-    come from one aggregate query first, so the table streams as well."""
+    come from one aggregate query first, so the table streams as well. `columns` picks fields
+    (any format); a table shows the default columns, or every one when `wide`."""
     now = int(time.time())
-    widths = _table_widths(app, selection, now) if table else None
+    if not table:
+        return Listing(rows=_stream(app, selection, now, table=False), columns=list(columns or PUBLIC_COLUMNS))
+    shown = LEASES_TABLE.choose(wide, columns)
+    probe = shown if wide or columns else [*shown, "revoke_error"]
+    widths = _table_widths(app, selection, now, probe)
+    if probe is not shown and widths.get("revoke_error", 0) > 1:  # a failed revocation: say why
+        shown.append("revoke_error")
     return Listing(
-        rows=_stream(app, selection, now, table=table),
-        columns=TABLE_COLUMNS if table else PUBLIC_COLUMNS,
-        headers=TABLE_HEADERS if table else None,
+        rows=_stream(app, selection, now, table=True),
+        columns=shown,
         widths=widths,
+        spec=LEASES_TABLE,
+        wide=wide,
     )
 
 
@@ -167,12 +221,13 @@ def _where(selection: Selection, now: int) -> list[ColumnElement[bool]]:
     return selection.conditions(LEDGER_COLUMNS, now)
 
 
-def _table_widths(app: App, selection: Selection, now: int) -> dict[str, int]:
-    text_columns = [c for c in TABLE_COLUMNS if c in PUBLIC_COLUMNS and c not in (*TIME_COLUMNS, "state")]
+def _table_widths(app: App, selection: Selection, now: int, shown: Sequence[str]) -> dict[str, int]:
+    text_columns = [c for c in shown if c in PUBLIC_COLUMNS and c not in (*TIME_COLUMNS, "state")]
+    if not text_columns:
+        return dict(FIXED_WIDTHS)
     query = select(*[func.max(func.length(getattr(Lease, c))) for c in text_columns]).where(*_where(selection, now))
     with app.transaction(read_only=True) as session:
         maxima = session.execute(query).one()
     widths = {c: max(1, m or 0) for c, m in zip(text_columns, maxima, strict=True)}
     widths.update(FIXED_WIDTHS)
-    widths["revoke_error"] = min(widths["revoke_error"], REVOKE_ERROR_WIDTH)
     return widths

@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -126,61 +128,201 @@ def _fixed_table(
     return count
 
 
+# -- tables that fit: a column spec per table -----------------------------------------------------------
+#
+# A table declares its columns once (TableSpec): every column it can show, in order, with its header,
+# the few shown by default (chosen to fit 120 characters for typical values) and, per column, a
+# shortener for the table only (json and csv always carry the full values). `--wide` shows every
+# column unshortened; `--columns a,b,c` picks (options.table_options adds both to a command).
+
+TABLE_WIDTH = 120
+SHORT_ID_CHARS = 8
+
+
+def short_id(value: Any, now: float) -> str | None:
+    """A lease id's last path segment, cut to 8 characters: aws/creds/deploy/TyM702fvk2yi -> TyM702fv..
+    (the full id is in --wide, json and csv)."""
+    if not value:
+        return None
+    tail = str(value).rsplit("/", 1)[-1]
+    return tail if len(tail) <= SHORT_ID_CHARS + 2 else tail[:SHORT_ID_CHARS] + ".."
+
+
+def relative_time(value: Any, now: float) -> str | None:
+    """An epoch (or "YYYY-MM-DD HH:MM:SS"/ISO UTC text) relative to now: "in 55m", "3h12m ago"."""
+    epoch = _epoch(value)
+    if epoch is None:
+        return None
+    delta = int(epoch - now)
+    text = _coarse(abs(delta))
+    return "now" if text == "0s" else f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def cut(limit: int) -> Callable[[Any, float], str | None]:
+    """A shortener that keeps the first `limit` characters of free text (errors, details)."""
+
+    def shorten(value: Any, now: float) -> str | None:
+        if value in (None, ""):
+            return None
+        text = " ".join(str(value).split())
+        return text if len(text) <= limit else text[: limit - 2] + ".."
+
+    return shorten
+
+
+def _coarse(seconds: int) -> str:
+    """At most two units: 45s, 12m30s, 3h12m, 2d4h."""
+    for size, unit, sub, subunit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s")):
+        if seconds >= size:
+            rest = (seconds % size) // sub
+            return f"{seconds // size}{unit}" + (f"{rest}{subunit}" if rest else "")
+    return f"{seconds}s"
+
+
+def _epoch(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    import calendar
+
+    text = str(value).replace("T", " ").rstrip("Z")
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S")))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    header: str
+    shorten: Callable[[Any, float], str | None] | None = None  # the default table's form of a value
+    width: int | None = None  # the shortened form's width when it is bounded (lets a table stream)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Every column a table can show, in order, and the default ones."""
+
+    columns: tuple[Column, ...]
+    default: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def choose(self, wide: bool, chosen: Sequence[str] | None) -> list[str]:
+        """The columns to show: --columns as given, --wide every one, else the default."""
+        if chosen:
+            return list(chosen)
+        return self.names if wide else list(self.default)
+
+    def unknown(self, chosen: Sequence[str]) -> list[str]:
+        return [name for name in chosen if name not in self.names]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {c.name: c.header for c in self.columns}
+
+    def shortened(self, row: Row, columns: Sequence[str], now: float, *, wide: bool) -> dict[str, Any]:
+        """The row as the table shows it: each column's shortener applied unless `wide`."""
+        out: dict[str, Any] = {}
+        for name in columns:
+            column, value = self.column(name), row.get(name)
+            out[name] = column.shorten(value, now) if column.shorten and not wide else value
+        return out
+
+    def fixed_widths(self, columns: Sequence[str], *, wide: bool) -> dict[str, int]:
+        """Widths known without looking at the rows (shortened columns with a bound)."""
+        if wide:
+            return {}
+        return {c: w for c in columns if (w := self.column(c).width) is not None}
+
+
+def render_table(
+    spec: TableSpec,
+    rows: Iterable[Row],
+    columns: Sequence[str],
+    *,
+    wide: bool = False,
+    out: TextIO | None = None,
+    widths: Mapping[str, int] | None = None,
+    now: float | None = None,
+) -> int:
+    """A table of `rows` laid out by `spec`: shortened unless `wide`; streamed when `widths` (the
+    widths of the unbounded columns, measured beforehand) is given."""
+    now = time.time() if now is None else now
+    shown = (spec.shortened(row, columns, now, wide=wide) for row in rows)
+    if widths is None:
+        return _table(list(shown), list(columns), spec.headers, out or sys.stdout)
+    sizes = dict(widths)
+    for name, bound in spec.fixed_widths(columns, wide=wide).items():
+        sizes[name] = min(sizes.get(name, bound), bound)
+    return _fixed_table(shown, list(columns), spec.headers, sizes, out or sys.stdout)
+
+
 # -- reports of bulk operations -------------------------------------------------------------------------
 
-REVOKE_COLUMNS = [
-    "lease_id",
-    "credential_type",
-    "access_key_id",
-    "role_session_name",
-    "mount",
-    "role",
-    "namespace",
-    "expires_at",
-    "result",
-    "error",
-]
-REVOKE_HEADERS = {
-    "lease_id": "LEASE ID",
-    "credential_type": "TYPE",
-    "access_key_id": "ACCESS KEY ID",
-    "role_session_name": "SESSION NAME",
-    "mount": "MOUNT",
-    "role": "ROLE",
-    "namespace": "NAMESPACE",
-    "expires_at": "EXPIRES (UTC)",
-    "result": "RESULT",
-    "error": "ERROR",
-}
-RENEW_COLUMNS = ["lease_id", "credential_type", "access_key_id", "result", "expires_at", "detail"]
-RENEW_HEADERS = {
-    "lease_id": "LEASE ID",
-    "credential_type": "TYPE",
-    "access_key_id": "ACCESS KEY ID",
-    "result": "RESULT",
-    "expires_at": "EXPIRES (UTC)",
-    "detail": "DETAIL",
-}
+REVOKE_TABLE = TableSpec(
+    columns=(
+        Column("lease_id", "LEASE ID", short_id, SHORT_ID_CHARS + 2),
+        Column("credential_type", "TYPE"),
+        Column("access_key_id", "ACCESS KEY ID"),
+        Column("role_session_name", "SESSION NAME", cut(24)),
+        Column("mount", "MOUNT"),
+        Column("role", "ROLE"),
+        Column("namespace", "NAMESPACE"),
+        Column("expires_at", "EXPIRES", relative_time),
+        Column("result", "RESULT"),
+        Column("error", "ERROR", cut(28)),
+    ),
+    default=("lease_id", "credential_type", "access_key_id", "role", "expires_at", "result", "error"),
+)
+RENEW_TABLE = TableSpec(
+    columns=(
+        Column("lease_id", "LEASE ID", short_id, SHORT_ID_CHARS + 2),
+        Column("credential_type", "TYPE"),
+        Column("access_key_id", "ACCESS KEY ID"),
+        Column("result", "RESULT"),
+        Column("expires_at", "EXPIRES", relative_time),
+        Column("detail", "DETAIL", cut(40)),
+    ),
+    default=("lease_id", "credential_type", "access_key_id", "result", "expires_at", "detail"),
+)
+REVOKE_COLUMNS = REVOKE_TABLE.names
+RENEW_COLUMNS = RENEW_TABLE.names
 # What each placeholder in a deny policy stands for.
 PRINCIPAL_HINT = {"role": "IAM role that Vault role assumes", "user": "IAM user of aws/config/root"}
 
 
-def render_report(report: RevokeReport | RenewReport, fmt: str, out: TextIO | None = None) -> None:
-    """Write the report of a bulk operation in `fmt` (table or json)."""
+def render_report(
+    report: RevokeReport | RenewReport,
+    fmt: str,
+    out: TextIO | None = None,
+    *,
+    wide: bool = False,
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Write the report of a bulk operation in `fmt` (table or json); the table shows `columns`
+    (default: the spec's default ones, or every one when `wide`)."""
     from broker.renew import RenewReport
 
     out = out or sys.stdout
     if isinstance(report, RenewReport):
-        _renew_report(report, out)
+        _renew_report(report, out, RENEW_TABLE.choose(wide, columns), wide)
     elif fmt == "json":
         from broker.revoke import report_dict
 
         out.write(json.dumps(report_dict(report), indent=2) + "\n")
     else:
-        _revoke_report(report, out)
+        _revoke_report(report, out, REVOKE_TABLE.choose(wide, columns), wide)
 
 
-def _revoke_report(report: RevokeReport, out: TextIO) -> None:
+def _revoke_report(report: RevokeReport, out: TextIO, columns: list[str], wide: bool) -> None:
     """A table of every lease and what happened, the prefix calls, the STS warning and
     ready-to-paste deny policies."""
     from broker import policies
@@ -189,13 +331,19 @@ def _revoke_report(report: RevokeReport, out: TextIO) -> None:
     rows = [{**r.target.public(), "result": r.outcome, "error": r.error} for r in report.results]
     if rows:
         out.write("\n")
-        render(rows, "table", REVOKE_COLUMNS, headers=REVOKE_HEADERS, out=out)
+        render_table(REVOKE_TABLE, rows, columns, wide=wide, out=out)
+        _failures_in_full(report.results, out, wide)
     for call in report.prefix_calls:
         where = f" in namespace {call.namespace}" if call.namespace else ""
         state = {None: "would call", True: "revoked", False: "FAILED"}[call.ok]
         out.write(
             f"{state}: sys/leases/revoke-prefix/{call.prefix}{where} at {call.vault_addr}"
             f"{' (' + call.error + ')' if call.error else ''}\n"
+        )
+    if any(r.outcome == "not_revocable" for r in report.results):
+        out.write(
+            "note: static role credentials have no lease, so Vault has nothing to revoke; broker stopped serving "
+            "them, and the key stays valid until Vault rotates it: vault write MOUNT/rotate-role/ROLE\n"
         )
     if report.prefix_calls:
         out.write(
@@ -221,13 +369,22 @@ def _revoke_report(report: RevokeReport, out: TextIO) -> None:
         )
 
 
+def _failures_in_full(results: Sequence[Any], out: TextIO, wide: bool) -> None:
+    """Below a shortened table, each failure's whole error with the full lease id."""
+    if wide:
+        return
+    for result in results:
+        if result.outcome == "failed" and result.error:
+            out.write(f"failed {result.target.lease_id or '(no lease id)'}: {result.error}\n")
+
+
 def _revoke_summary(report: RevokeReport) -> str:
     parts = [f"{n} {name.replace('_', ' ')}" for name, n in report.counts().items() if n]
     head = "revoke --dry-run" if report.dry_run else "revoke"
     return f"{head} ({report.describe()}): " + (", ".join(parts) if parts else "nothing to revoke")
 
 
-def _renew_report(report: RenewReport, out: TextIO) -> None:
+def _renew_report(report: RenewReport, out: TextIO, columns: list[str], wide: bool) -> None:
     from broker import cache
 
     rows: list[dict[str, Any]] = [
@@ -241,7 +398,8 @@ def _renew_report(report: RenewReport, out: TextIO) -> None:
         }
         for r in report.results
     ]
-    render(rows, "table", RENEW_COLUMNS, headers=RENEW_HEADERS, out=out)
+    render_table(RENEW_TABLE, rows, columns, wide=wide, out=out)
+    _failures_in_full(report.results, out, wide)
     out.write(report.summary() + "\n")
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -81,6 +82,23 @@ def check_credential_type(kind: str) -> str:
     return kind
 
 
+STS_MIN_TTL = 900  # AWS refuses shorter STS sessions, and Vault relays the refusal at issue time
+
+
+def check_ttl(ttl: int | None, credential_type: str | None) -> str | None:
+    """Refuse a TTL Vault will refuse for an STS type; for an unknown type, a warning (or None)."""
+    if ttl is None or ttl >= STS_MIN_TTL or credential_type in ("iam_user", "static"):
+        return None
+    if credential_type in cache.STS_TYPES:
+        raise UsageError(
+            f"--ttl {ttl}s is below the {STS_MIN_TTL}s (15m) minimum AWS allows for {credential_type} credentials"
+        )
+    return (
+        f"--ttl {ttl}s is below the {STS_MIN_TTL}s minimum of STS credentials: fine for an iam_user role, "
+        "refused by Vault for any other (say --credential-type to check now)"
+    )
+
+
 @dataclass(frozen=True)
 class ProfileSpec:
     name: str
@@ -96,6 +114,9 @@ class ProfileSpec:
 
     def validated(self) -> ProfileSpec:
         check_profile_name(self.name)
+        if self.credential_type:
+            check_credential_type(self.credential_type)
+        check_ttl(self.ttl, self.credential_type)
         return ProfileSpec(
             name=self.name,
             mount=check_path(self.mount, "mount"),
@@ -143,14 +164,18 @@ def _get(session: Session, name: str) -> ProfileSpec:
     return _spec(row)
 
 
-def add(app: App, spec: ProfileSpec) -> bool:
-    """Create or replace a profile; returns True when it was new. Replacing a profile wipes the
-    cached secrets issued for its old definition, so they cannot be served under the new one."""
+def add(app: App, spec: ProfileSpec) -> str:
+    """Create or replace a profile: "added", "updated" or "unchanged". Re-adding an identical
+    definition changes nothing and keeps its cached credential (a dotfiles script may run it on
+    every login); a changed one wipes the cached secrets issued for the old definition, so they
+    cannot be served under the new one."""
     spec = spec.validated()
     now = db.now()
     with app.transaction() as session:
         row = session.get(Profile, spec.name)
-        created = row is None
+        if row is not None and _spec(row) == spec:
+            return "unchanged"
+        outcome = "added" if row is None else "updated"
         if row is None:
             row = Profile(name=spec.name, created_at=now)
             session.add(row)
@@ -161,7 +186,7 @@ def add(app: App, spec: ProfileSpec) -> bool:
         row.region = spec.region
         row.account_id = spec.account_id
         row.updated_at = now
-    return created
+    return outcome
 
 
 def remove(app: App, name: str) -> None:
@@ -176,6 +201,36 @@ def _wipe_cached_secrets(session: Session, profile: str) -> None:
     session.execute(
         update(Lease).where(Lease.profile == profile).values(secret=None, sealed_token=None, cache_key=None)
     )
+
+
+LIVE_QUERY = """
+SELECT p.name, p.mount, p.role, l.credential_type, l.access_key_id, l.expires_at
+FROM profiles p LEFT JOIN leases l ON l.id = (
+    SELECT id FROM leases WHERE profile = p.name AND state = 'active' AND secret IS NOT NULL
+    AND cache_key IS NOT NULL AND expires_at > ? ORDER BY expires_at DESC LIMIT 1)
+ORDER BY p.name
+"""
+
+
+def live_credentials(app: App) -> list[dict[str, Any]]:
+    """`broker list`: every profile with its cached credential (or None): type, key id, expiry."""
+    now = int(time.time())
+    with app.sqlite() as conn:
+        rows = conn.execute(LIVE_QUERY, (now,)).fetchall()
+    names = ("profile", "mount", "role", "credential_type", "access_key_id", "expires_at")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def clear_cached(app: App, name: str | None) -> int:
+    """Drop the cached secrets of profile `name` (every cached secret when None) without revoking:
+    the leases stay in the ledger, active until they expire; the next request issues anew."""
+    condition = [Lease.state == "active", Lease.secret.is_not(None)]
+    with app.transaction() as session:
+        if name is not None:
+            _get(session, name)
+            condition.append(Lease.profile == name)
+        result = session.execute(update(Lease).where(*condition).values(secret=None, cache_key=None))
+        return int(getattr(result, "rowcount", 0) or 0)
 
 
 def list_all(app: App) -> list[ProfileSpec]:

@@ -41,7 +41,10 @@ MIN_PAUSE_SECONDS = 0.002
 _EXPIRED = "expires_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.lease_row = leases.id)"
 COUNT_QUERY = f"SELECT state, count(*) FROM leases WHERE {_EXPIRED} GROUP BY state"  # noqa: S608
 KEPT_QUERY = "SELECT count(*) FROM leases JOIN outbox ON outbox.lease_row = leases.id WHERE expires_at <= ?"
-DELETE_BATCH = f"DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE {_EXPIRED} LIMIT ?) RETURNING state"  # noqa: S608
+DELETE_BATCH = (
+    f"DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE {_EXPIRED} LIMIT ?) "  # noqa: S608
+    "RETURNING state, lease_id, access_key_id"
+)
 
 
 @dataclass
@@ -119,7 +122,11 @@ def _delete(conn: sqlite3.Connection, cutoff: int, result: PruneResult) -> None:
                 conn.execute("ROLLBACK")
             raise
         took = time.monotonic() - began
-        revoked = sum(1 for (state,) in states if state == "revoked")
+        log.debug("deleted a batch of %d rows (batch size %d) in %.3fs", len(states), size, took)
+        if log.isEnabledFor(logging.INFO):
+            for state, lease_id, access_key_id in states:
+                log.info("pruned %s lease %s (%s)", state, lease_id or "(no lease id)", access_key_id)
+        revoked = sum(1 for (state, _lease, _key) in states if state == "revoked")
         result.revoked += revoked
         result.expired += len(states) - revoked
         if len(states) < size:

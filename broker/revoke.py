@@ -45,6 +45,7 @@ OUTCOMES = (
     "revoked",
     "would_revoke",
     "not_in_ledger",
+    "not_revocable",
     "failed",
     "other_vault",
     "already_revoked",

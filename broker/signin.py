@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker import profiles
 from broker.errors import BrokerError, UsageError
@@ -144,12 +144,21 @@ def _get_signin_token(federation_url: str, query: str) -> str:
     return token
 
 
-def login_url(app: App, profile: str, *, region: str | None, path: str | None, federation_url: str | None) -> str:
-    """The console sign-in URL for a profile (issuing or reusing its credential)."""
+def login_url(
+    app: App,
+    profile: str,
+    *,
+    region: str | None,
+    path: str | None,
+    federation_url: str | None,
+    flags: dict[str, Any] | None = None,
+) -> str:
+    """The console sign-in URL for a profile (issuing or reusing its credential); `flags` are request
+    fields for this call (--duration: the ttl)."""
     from broker import issuance
 
     path = check_path(path) if path else None
-    request = issuance.build_request(app, profile, {})
+    request = issuance.build_request(app, profile, flags or {})
     region = profiles.check_region(region) if region else request.region
     federation_url = check_federation_url(federation_url) if federation_url else default_federation_url(region)
     if request.credential_type and request.credential_type not in SIGNIN_TYPES:

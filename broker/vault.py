@@ -305,13 +305,17 @@ class Vault:
         role_arn: str | None,
         role_session_name: str | None,
         credential_type: str | None,
+        mfa_code: str | None = None,
     ) -> Issued:
-        """Mint one credential. A read timeout is not retried: Vault may have issued already."""
+        """Mint one credential. A read timeout is not retried: Vault may have issued already.
+        `mfa_code` (session_token roles with an MFA device, Vault 1.16+) goes in the body; hvac cannot send it."""
         timeout = self.settings.issue_timeout
         client = self.client(namespace, timeout)
         started = int(time.time())
 
         def call(which: str) -> object:
+            if mfa_code:
+                return self._issue_with_mfa(client, mount, which, role, ttl, mfa_code)
             return client.secrets.aws.generate_credentials(
                 name=role,
                 role_arn=role_arn,
@@ -322,6 +326,9 @@ class Vault:
             )
 
         what = f"{mount}/{endpoint}/{role}"
+        log.info(
+            "vault: %s %s/v1/%s%s", "GET", self.settings.addr, what, f" (namespace {namespace})" if namespace else ""
+        )
         try:
             response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
         except VaultRejected as exc:
@@ -330,6 +337,7 @@ class Vault:
             endpoint = "sts" if endpoint == "creds" else "creds"  # a legacy role fixes the path
             what = f"{mount}/{endpoint}/{role}"
             response = self._call(what, lambda: call(endpoint), retry_read_timeout=False, timeout=timeout)
+        log.info("vault: %s answered in %.3fs", what, time.time() - started)
         return self._parse_issued(
             response, namespace, f"{mount.strip('/')}/{endpoint}/{role}", credential_type, role_session_name, started
         )
@@ -400,6 +408,51 @@ class Vault:
             arn=arn if isinstance(arn, str) and valid_arn(arn) else None,
         )
 
+    @staticmethod
+    def _issue_with_mfa(
+        client: hvac.Client, mount: str, endpoint: str, role: str, ttl: int | None, code: str
+    ) -> object:
+        body: dict[str, str] = {"mfa_code": code}
+        if ttl:
+            body["ttl"] = f"{ttl}s"
+        return client.adapter.post(f"/v1/{mount.strip('/')}/{endpoint}/{role}", json=body)
+
+    def issue_static(self, *, namespace: str, mount: str, role: str) -> Issued:
+        """Read a static role's credential (GET {mount}/static-creds/{role}, Vault 1.14+): no lease,
+        the same key for every reader until Vault rotates it at `data.expiration`."""
+        client = self.client(namespace)
+        started = int(time.time())
+        what = f"{mount.strip('/')}/static-creds/{role}"
+        log.info("vault: GET %s/v1/%s%s", self.settings.addr, what, f" (namespace {namespace})" if namespace else "")
+        response = self._call(what, lambda: client.adapter.get(f"/v1/{what}"), retry_read_timeout=True)
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            raise VaultBadResponse(f"{self.addr} answered {what} with something that is not Vault's JSON")
+        access_key, secret_key = data.get("access_key"), data.get("secret_key")
+        expires_at = _rfc3339(data.get("expiration")) or (
+            started + _int(data.get("ttl")) if _int(data.get("ttl")) else 0
+        )
+        if not (isinstance(access_key, str) and access_key and isinstance(secret_key, str) and secret_key):
+            raise VaultBadResponse(f"Vault's answer for {what} had no access_key/secret_key; nothing was recorded")
+        if expires_at <= started:
+            raise VaultBadResponse(f"Vault's answer for {what} had no future expiration; nothing was recorded")
+        return Issued(
+            lease_id="",
+            namespace=namespace,
+            renewable=False,
+            credential_type="static",
+            access_key_id=access_key,
+            secret_key=secret_key,
+            session_token=None,
+            role_session_name=None,
+            issued_at=started,
+            expires_at=int(expires_at),
+        )
+
+    def read_static_role(self, mount: str, role: str, namespace: str = "") -> dict[str, Any] | None:
+        """A static role's configuration (GET {mount}/static-roles/{role}); like read_role."""
+        return self.read_role(mount, role, namespace, kind="static-roles")
+
     def revoke(self, lease_id: str, namespace: str = "") -> None:
         """Revoke one lease (Vault answers 204 for unknown and already-revoked leases too)."""
         client = self.client(namespace)
@@ -432,14 +485,14 @@ class Vault:
             raise VaultBadResponse(f"Vault's renewal of {lease_id} carried no lease_duration")
         return duration
 
-    def read_role(self, mount: str, role: str, namespace: str = "") -> dict[str, Any] | None:
+    def read_role(self, mount: str, role: str, namespace: str = "", kind: str = "roles") -> dict[str, Any] | None:
         """An AWS secrets engine role's configuration (GET {mount}/roles/{role}), without issuing;
         None when the mount has no such role. A mount that does not exist raises VaultRejected
         ("no handler for route"); a token without read on it raises VaultDenied."""
         import hvac.exceptions as hx
 
         client = self.client(namespace)
-        path = f"/v1/{mount.strip('/')}/roles/{role}"
+        path = f"/v1/{mount.strip('/')}/{kind}/{role}"
 
         def call() -> object:
             try:
@@ -449,7 +502,7 @@ class Vault:
                     raise
                 return None
 
-        response = self._call(f"{mount}/roles/{role}", call, retry_read_timeout=True)
+        response = self._call(f"{mount}/{kind}/{role}", call, retry_read_timeout=True)
         if response is None:
             return None
         data = response.get("data") if isinstance(response, dict) else None
@@ -673,6 +726,21 @@ def answer_problem(
     if arn is not None and not printable_token(arn, 2048):
         return "had an arn with whitespace or control characters"
     return None
+
+
+def _rfc3339(value: object) -> int:
+    """Epoch seconds of Vault's RFC 3339 time (`2026-12-02T02:30:00.123456789Z`, or with an offset); 0 if not one."""
+    import datetime as dt
+    import re
+
+    if not isinstance(value, str) or len(value) > 64:
+        return 0
+    text = re.sub(r"(\.\d{1,6})\d*", r"\1", value.strip()).replace("Z", "+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return 0
+    return int(parsed.timestamp()) if parsed.tzinfo else 0
 
 
 def _int(value: object) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = str(Path(sys.executable).with_name("broker"))
+
+
+NEXT_STEPS = """
+Next steps, against your own Vault:
+  1. .venv/bin/broker --help                       # or install it: pipx install .  (see README: Install)
+  2. export VAULT_ADDR=https://vault.example.com:8200 && vault login
+  3. broker profile add dev --mount aws --role YOUR_ROLE --ttl 1h --region eu-west-1 --write-aws-config
+  4. broker doctor                                  # Vault, token, database, key and the profile's role
+  5. aws sts get-caller-identity --profile dev      # or: broker exec dev aws sts get-caller-identity
+  6. broker list; broker leases                     # what is cached, and every lease Vault issued
+Shell completion: eval "$(_BROKER_COMPLETE=bash_source broker)"   (README: Shell completion)"""
 
 
 def step(text: str) -> None:
@@ -99,13 +111,18 @@ def main() -> None:
         step("incident: revoke everything of role ci (iam_user keys are deleted in AWS)")
         sh(BROKER, "revoke", "--role", "ci", "--yes", env=env)
         sh(BROKER, "leases", "--state", "revoked", "--format", "csv", env=env)
-        print("\ndemo: done")
+        step("what aws-vault users type: every profile with its live credential, and a setup check")
+        sh(BROKER, "list", env=env)
+        sh(BROKER, "doctor", env=env)
+        print("\ndemo: done; everything it made is removed again")
+        print(NEXT_STEPS)
     finally:
         double.send_signal(signal.SIGTERM)
         try:
             double.wait(timeout=15)
         except subprocess.TimeoutExpired:
             double.kill()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -133,9 +133,9 @@ def test_filters(capsys, args, expected):
     assert [r["lease_id"] for r in csv.DictReader(io.StringIO(out))] == expected
 
 
-def test_table_shows_readable_times_and_time_left(capsys):
+def test_wide_table_shows_readable_times_and_time_left(capsys):
     _seed_mixed(os.environ["BROKER_DB"])
-    code, out, _ = cli(capsys, "leases")
+    code, out, _ = cli(capsys, "leases", "--wide")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["LEASE", "ID", "PROFILE"] and "LEFT" in lines[0]

@@ -23,7 +23,7 @@ def test_wheel_installs_and_migrates_a_new_database(tmp_path):
         timeout=120,
         capture_output=True,
     )
-    (wheel,) = dist.glob("broker-*.whl")
+    (wheel,) = dist.glob("vault_lease_broker-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "broker/migrations/env.py" in names
     assert any(n.startswith("broker/migrations/versions/0001") for n in names)

@@ -43,7 +43,7 @@ def test_renew_extends_iam_user_leases_and_reports_sts_as_not_renewable(vault, c
     proc = cli(["renew", "--all", "--increment", "2h"])
     assert proc.returncode == 0, proc.stderr
     assert "1 renewed, 1 not renewable" in proc.stdout
-    line = next(line for line in proc.stdout.splitlines() if line.startswith(before["lease_id"]))
+    line = next(line for line in proc.stdout.splitlines() if before["access_key_id"] in line)
     assert " renewed " in line
 
     after = row_of(ci["AccessKeyId"])

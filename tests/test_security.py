@@ -54,10 +54,17 @@ def test_verbose_logs_and_errors_never_show_a_secret_or_the_token(vault):
     result = run_broker("-vv", "credential-process", "--mount", "aws", "--role", "deploy")
     assert result.returncode == 0
     assert "issued assumed_role lease" in result.stderr
+    hit = run_broker("credential-process", "--mount", "aws", "--role", "deploy", "-vv")
+    assert "hit:" in hit.stderr and "cache key:" in hit.stderr
     again = run_broker("-vv", "credential-process", "--mount", "aws", "--role", "deploy", "--no-cache")
+    listed = run_broker("-vv", "leases", "--wide")
+    revoked = run_broker("-vv", "revoke", "--role", "deploy", "--yes")
+    assert "revoked" in revoked.stderr
+    pruned = run_broker("-vv", "prune")
     vault.sealed = True
     failed = run_broker("-vv", "credential-process", "--mount", "aws", "--role", "ci")
-    text = result.stderr + again.stderr + failed.stderr
+    text = "".join(r.stderr for r in (result, hit, again, failed))
+    text += "".join(r.stdout + r.stderr for r in (listed, revoked, pruned))  # not the credentials on stdout
     for value in [*secrets_of(vault), vault.root_token]:
         assert value not in text
 

@@ -106,7 +106,7 @@ def test_local_leases_selectors(two_identities, tmp_path):
     # the table and csv carry the identity (csv: every public column)
     csv_out = run_broker("leases", "--format", "csv", "--entity", ENTITY)
     assert "oidc-alice" in csv_out.stdout and "token_accessor" in csv_out.stdout.splitlines()[0]
-    table = run_broker("leases", "--display-name", "oidc-bob")
+    table = run_broker("leases", "--wide", "--display-name", "oidc-bob")
     assert "ASKED BY" in table.stdout and "oidc-bob" in table.stdout and account in table.stdout
 
 

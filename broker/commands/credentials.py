@@ -8,14 +8,17 @@ import sys
 import click
 
 from broker.app import App
-from broker.commands.options import pass_app, request_options
+from broker.commands.options import complete_profiles, mfa_option, pass_app, request_options
 
 
 @click.command(name="credential-process")
-@click.option("--profile", metavar="NAME", help="A profile added with `broker profile add`.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="A profile added with `broker profile add`."
+)
 @click.option("--mount", metavar="MOUNT", help="Vault AWS secrets mount, e.g. aws or ns1/aws/dev.")
 @click.option("--role", metavar="ROLE", help="Vault role name.")
 @request_options
+@mfa_option
 @click.option("--no-cache", is_flag=True, help="Always issue anew; store no secret (the lease is still recorded).")
 @pass_app
 def credential_process(
@@ -27,6 +30,7 @@ def credential_process(
     role_arn: str | None,
     role_session_name: str | None,
     credential_type: str | None,
+    mfa_code: str | None,
     no_cache: bool,
 ) -> None:
     """Print one credential_process JSON object for the AWS SDKs."""
@@ -41,6 +45,7 @@ def credential_process(
         role_arn=role_arn,
         role_session_name=role_session_name,
         credential_type=credential_type,
+        mfa_code=mfa_code,
     )
     request = issuance.build_request(app, profile, flags)
     credential = issuance.obtain(app, request, use_cache=not no_cache)

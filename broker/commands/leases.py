@@ -10,18 +10,25 @@ import click
 from broker.app import App
 from broker.commands.options import (
     INCREMENT,
+    complete_lease_ids,
+    complete_profiles,
     fleet_options,
     format_option,
     pass_app,
     require_fleet_for_host_and_user,
     selector_options,
+    table_options,
 )
 from broker.errors import PartialFailure, UsageError
+from broker.listing import LEASES_TABLE, PUBLIC_COLUMNS
+from broker.output import RENEW_TABLE, REVOKE_TABLE
 from broker.selection import STATES, Selection
 
 
 @click.command(name="leases")
-@click.option("--profile", metavar="NAME", help="Only leases issued for this profile.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Only leases issued for this profile."
+)
 @click.option("--mount", metavar="MOUNT", help="Only leases from this Vault mount.")
 @click.option("--role", metavar="ROLE", help="Only leases of this Vault role.")
 @click.option(
@@ -33,6 +40,7 @@ from broker.selection import STATES, Selection
 )
 @selector_options
 @format_option()
+@table_options(LEASES_TABLE, also=(*PUBLIC_COLUMNS, "host", "user", "db_user"))
 @fleet_options("List the fleet ledger: every host's leases")
 @pass_app
 def leases_command(
@@ -43,14 +51,19 @@ def leases_command(
     state: str,
     selectors: dict[str, Any],
     fmt: str,
+    wide: bool,
+    columns: list[str] | None,
     fleet_wide: bool,
     host: str | None,
     user: str | None,
 ) -> None:
-    """List the leases in the ledger, newest first. Never shows a secret."""
+    """List the leases in the ledger, newest first. Never shows a secret. The table fits 120
+    characters (short lease ids, relative times); --wide or json/csv show everything."""
     from broker import listing, output
 
     require_fleet_for_host_and_user(fleet_wide, host, user, "rows")
+    if fleet_wide and fmt == "json" and columns:
+        raise click.UsageError("--columns with --fleet: use --format csv or table (json is the whole row)")
     selection = Selection(profile=profile, mount=mount, role=role, host=host, user=user, state=state, **selectors)
     if fleet_wide:
         from broker.fleet import listing as fleet_listing
@@ -58,11 +71,10 @@ def leases_command(
         if fmt == "json":  # each row's JSON text is kept by PostgreSQL: 100,000 rows in well under a second
             count = output.json_array(fleet_listing.json_rows(app, selection))
         else:
-            found = fleet_listing.fleet_listing(app, selection, table=fmt == "table")
-            count = output.render(found.rows, fmt, found.columns, headers=found.headers, widths=found.widths)
+            found = fleet_listing.fleet_listing(app, selection, table=fmt == "table", wide=wide, columns=columns)
+            count = found.render(fmt)
     else:
-        found = listing.list_leases(app, selection, table=fmt == "table")
-        count = output.render(found.rows, fmt, found.columns, headers=found.headers, widths=found.widths)
+        count = listing.list_leases(app, selection, table=fmt == "table", wide=wide, columns=columns).render(fmt)
     if not count and fmt == "table":
         click.echo(f"no leases in the {'fleet ' if fleet_wide else ''}ledger match", err=True)
     if selection.access_keys:
@@ -88,10 +100,19 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 
 
 @click.command(name="revoke")
-@click.option("--lease-id", "lease_ids", multiple=True, metavar="ID", help="A lease to revoke (repeatable).")
+@click.option(
+    "--lease-id",
+    "lease_ids",
+    multiple=True,
+    metavar="ID",
+    shell_complete=complete_lease_ids,
+    help="A lease to revoke (repeatable).",
+)
 @click.option("--role", metavar="ROLE", help="Every active lease of this Vault role (with --mount: on that mount).")
 @click.option("--mount", metavar="MOUNT", help="Every active lease from this mount (or narrows --role).")
-@click.option("--profile", metavar="NAME", help="Every active lease issued for this profile.")
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Every active lease issued for this profile."
+)
 @click.option("--all", "all_leases", is_flag=True, help="Every active lease in the ledger.")
 @click.option(
     "--prefix",
@@ -103,6 +124,7 @@ def prune(app: App, dry_run: bool, quiet: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be revoked; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @format_option(choices=("table", "json"), help="Report format.")
+@table_options(REVOKE_TABLE)
 @fleet_options("Revoke in every host's leases, from the fleet ledger")
 @pass_app
 def revoke(
@@ -117,6 +139,8 @@ def revoke(
     dry_run: bool,
     yes: bool,
     fmt: str,
+    wide: bool,
+    columns: list[str] | None,
     fleet_wide: bool,
     host: str | None,
     user: str | None,
@@ -160,7 +184,7 @@ def revoke(
         else None
     )
     report = run(app, selection, dry_run=dry_run, confirm=confirm, progress=progress)
-    output.render_report(report, fmt)
+    output.render_report(report, fmt, wide=wide, columns=columns)
     if report.failed:
         raise PartialFailure(
             f"{len(report.failed)} of {len(report.results)} revocations failed: {_reason(report.failed[0].error)}; "
@@ -174,8 +198,17 @@ def _reason(error: str | None) -> str:
 
 
 @click.command(name="renew")
-@click.option("--lease-id", "lease_ids", multiple=True, metavar="ID", help="A lease to renew (repeatable).")
-@click.option("--profile", metavar="NAME", help="Every active lease issued for this profile.")
+@click.option(
+    "--lease-id",
+    "lease_ids",
+    multiple=True,
+    metavar="ID",
+    shell_complete=complete_lease_ids,
+    help="A lease to renew (repeatable).",
+)
+@click.option(
+    "--profile", metavar="NAME", shell_complete=complete_profiles, help="Every active lease issued for this profile."
+)
 @click.option("--all", "all_leases", is_flag=True, help="Every active lease in the ledger.")
 @click.option(
     "--increment",
@@ -183,15 +216,24 @@ def _reason(error: str | None) -> str:
     metavar="DURATION",
     help="Ask for this much more time, e.g. 1h (default: the role's lease TTL).",
 )
+@table_options(RENEW_TABLE)
 @pass_app
-def renew(app: App, lease_ids: tuple[str, ...], profile: str | None, all_leases: bool, increment: int | None) -> None:
+def renew(
+    app: App,
+    lease_ids: tuple[str, ...],
+    profile: str | None,
+    all_leases: bool,
+    increment: int | None,
+    wide: bool,
+    columns: list[str] | None,
+) -> None:
     """Renew renewable (iam_user) leases and record their new expiry. STS leases are not renewable."""
     from broker import output
     from broker import renew as renewing
 
     selection = Selection(lease_ids=lease_ids, profile=profile, all=all_leases).for_renew()
     report = renewing.renew_matching(app, selection, increment=increment)
-    output.render_report(report, "table")
+    output.render_report(report, "table", wide=wide, columns=columns)
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {len(report.results)} renewals failed (see above)")
 

@@ -10,12 +10,13 @@ import click
 
 from broker import durations
 from broker.app import App
+from broker.output import TableSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 pass_app = click.make_pass_decorator(App)
 
-CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token"])
+CREDENTIAL_TYPE = click.Choice(["iam_user", "assumed_role", "federation_token", "session_token", "static"])
 
 
 class Duration(click.ParamType[int, Any]):
@@ -75,6 +76,87 @@ def request_options(fn: F) -> F:
             ),
         ],
     )
+
+
+def table_options(spec: TableSpec, *, also: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """--wide and --columns for a command that renders `spec` (passed on as `wide`, `columns`):
+    the default table fits 120 characters; --wide shows every column unshortened; --columns a,b,c
+    picks (any of the spec's columns, or of `also`)."""
+    known = [*spec.names, *(name for name in also if name not in spec.names)]
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        chosen = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in known]
+        if unknown or not chosen:
+            raise click.BadParameter(f"unknown column {', '.join(unknown) or '(none)'}; choose from {','.join(known)}")
+        return chosen
+
+    def decorate(fn: F) -> F:
+        return _apply(
+            fn,
+            [
+                click.option("--wide", is_flag=True, help="Table: every column, values in full (ids, times, errors)."),
+                click.option(
+                    "--columns",
+                    metavar="A,B,...",
+                    callback=check,
+                    help=f"Show these columns, in this order; one of: {','.join(known)}.",
+                ),
+            ],
+        )
+
+    return decorate
+
+
+# -- shell completion (Click's shell_complete): names read from the ledger, never an error -------
+
+
+def _completion_rows(ctx: click.Context, query: str, incomplete: str) -> list[str]:
+    """Values for `query` (one column, a LIKE pattern parameter) from the ledger, read-only: completion
+    runs without the group's App, creates nothing and migrates nothing; any problem means no candidates."""
+    import sqlite3
+
+    from broker import settings
+
+    option = ctx.find_root().params.get("db_option")
+    path = settings.db_path(option if isinstance(option, str) else None, settings.load())
+    pattern = incomplete.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return []
+    try:
+        values = [str(row[0]) for row in conn.execute(query, (pattern,)).fetchmany(200) if row[0]]
+        return [v for v in values if v.startswith(incomplete)]  # LIKE ignores case
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return _completion_rows(ctx, "SELECT name FROM profiles WHERE name LIKE ? ESCAPE '\\' ORDER BY name", incomplete)
+
+
+def complete_lease_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Lease ids of active leases, newest first."""
+    return _completion_rows(
+        ctx,
+        "SELECT lease_id FROM leases WHERE state = 'active' AND lease_id != '' AND lease_id LIKE ? ESCAPE '\\' "
+        "ORDER BY issued_at DESC",
+        incomplete,
+    )
+
+
+def mfa_option(fn: F) -> F:
+    return click.option(
+        "--mfa-code",
+        metavar="CODE",
+        help="One-time code of the MFA device a session_token role requires (asked on the terminal when "
+        "there is one and it is missing).",
+    )(fn)
 
 
 def fleet_options(what: str) -> Callable[[F], F]:

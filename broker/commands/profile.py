@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import click
 
-from broker import durations
+from broker import durations, output
 from broker.app import App
-from broker.commands.options import format_option, pass_app, request_options
+from broker.commands.options import complete_profiles, format_option, pass_app, request_options
 
 PROFILE_COLUMNS = [
     "name",
@@ -62,7 +62,8 @@ def profile_add(
     account_id: str | None,
     write_aws_config: bool,
 ) -> None:
-    """Add or replace the profile NAME."""
+    """Add or replace the profile NAME. Re-adding an identical definition changes nothing (the cached
+    credential stays); a changed one drops the cached credentials of the old definition."""
     from broker import awsconfig, profiles
 
     spec = profiles.ProfileSpec(
@@ -77,9 +78,14 @@ def profile_add(
         region=region,
         account_id=account_id,
     )
-    created = profiles.add(app, spec)
+    warning = profiles.check_ttl(ttl, credential_type)
+    if warning:
+        click.echo(f"broker: warning: {warning}", err=True)
+    outcome = profiles.add(app, spec)
     change = awsconfig.write_profile(app, name, spec.region) if write_aws_config else None
-    click.echo(f"{'added' if created else 'updated'} profile {name}", err=True)
+    click.echo(
+        f"{outcome} profile {name}" + (" (kept its cached credential)" if outcome == "unchanged" else ""), err=True
+    )
     if change:
         click.echo(change.describe(name), err=True)
 
@@ -100,7 +106,7 @@ def profile_list(app: App, fmt: str) -> None:
 
 
 @profile.command(name="remove")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_profiles)
 @pass_app
 def profile_remove(app: App, name: str) -> None:
     """Remove the profile NAME (its leases stay in the ledger), and the [profile NAME] section
@@ -112,3 +118,60 @@ def profile_remove(app: App, name: str) -> None:
     click.echo(f"removed profile {name}", err=True)
     if change.action == "removed":
         click.echo(change.describe(name), err=True)
+
+
+# -- what aws-vault users type: `broker list`, `broker clear` ----------------------------------------
+
+LIST_TABLE = output.TableSpec(
+    columns=(
+        output.Column("profile", "PROFILE"),
+        output.Column("mount", "MOUNT"),
+        output.Column("role", "ROLE"),
+        output.Column("credential_type", "TYPE"),
+        output.Column("access_key_id", "ACCESS KEY ID"),
+        output.Column("expires_at", "EXPIRES (UTC)"),
+        output.Column("left", "LEFT"),
+    ),
+    default=("profile", "mount", "role", "credential_type", "access_key_id", "expires_at", "left"),
+)
+
+
+@click.command(name="list")
+@format_option()
+@pass_app
+def list_command(app: App, fmt: str) -> None:
+    """Every profile with its live (cached) credential: type, access key id, expiry and time left."""
+    import time
+
+    from broker import cache, profiles
+
+    now = time.time()
+    rows = profiles.live_credentials(app)
+    for row in rows:
+        expires = row["expires_at"]
+        row["left"] = durations.format_duration(int(expires - now)) if expires else None
+        row["expires_at"] = cache.iso_utc(expires) if expires else None
+    if fmt == "table":
+        if not rows:
+            click.echo("no profiles; add one with `broker profile add NAME --mount M --role R`", err=True)
+            return
+        output.render_table(LIST_TABLE, rows, LIST_TABLE.names, now=now)
+    else:
+        output.render(rows, fmt, LIST_TABLE.names)
+
+
+@click.command(name="clear")
+@click.argument("profile", required=False, shell_complete=complete_profiles)
+@pass_app
+def clear(app: App, profile: str | None) -> None:
+    """Drop the cached credentials of PROFILE (of every profile and request without one), without
+    revoking them: their leases stay in the ledger, and the next request gets a new credential."""
+    from broker import profiles
+
+    count = profiles.clear_cached(app, profile)
+    what = f"profile {profile}" if profile else "every profile"
+    click.echo(
+        f"cleared {count} cached credential{'s' if count != 1 else ''} of {what}; the leases stay in the ledger"
+        + (f" (revoke them with `broker revoke --profile {profile}`)" if profile and count else ""),
+        err=True,
+    )

@@ -3,31 +3,69 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from broker.app import App
-from broker.commands.options import pass_app
+from broker.commands.options import TTL, F, complete_profiles, mfa_option, pass_app
+
+EXEC_VALUE_OPTIONS = ("--duration", "--mfa-code")
 
 
-class _CommandAfterDashes(click.Command):
-    """Keeps everything after the first `--` for the command to run, untouched by Click."""
+def program_start(args: list[str], value_options: tuple[str, ...] = EXEC_VALUE_OPTIONS) -> int | None:
+    """Where the program's command line starts in exec's arguments: after PROFILE and the options
+    around it, or after a `--`; None if there is none. Options (words starting with "-") up to the
+    first other word are broker's, so `exec --server dev aws ...` and `exec dev --server aws ...` agree."""
+    seen_profile = False
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return i + 1
+        if word in value_options:
+            i += 2
+            continue
+        if not word.startswith("-"):
+            if seen_profile:
+                return i
+            seen_profile = True
+        i += 1
+    return None
+
+
+class _CommandAfterProfile(click.Command):
+    """Keeps the program's command line (everything after PROFILE, or after `--`) untouched by Click:
+    `broker exec PROFILE aws s3 ls` as aws-vault users type it, and `broker exec PROFILE -- CMD`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" in args:
-            cut = args.index("--")
-            ctx.meta["broker.command"] = args[cut + 1 :]
-            args = args[:cut]
-        else:
-            ctx.meta["broker.command"] = None
+        start = program_start(args)
+        ctx.meta["broker.command"] = None if start is None else args[start:]
+        if start is not None:
+            args = args[: start - 1] if args[start - 1] == "--" else args[:start]
         return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
-        return [*super().collect_usage_pieces(ctx), "-- CMD [ARGS]..."]
+        return [*super().collect_usage_pieces(ctx), "[--] CMD [ARGS]..."]
 
 
-@click.command(name="exec", cls=_CommandAfterDashes, short_help="Run a command with PROFILE's credentials.")
-@click.argument("profile")
+def duration_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--duration",
+        type=TTL,
+        metavar="DURATION",
+        help=f"Credential lifetime for {what}, e.g. 1h (the request's --ttl; 900s minimum for STS types).",
+    )
+
+
+def request_flags(duration: int | None, mfa_code: str | None = None) -> dict[str, Any]:
+    """This call's request fields over the profile's (and the MFA code, which is no request field)."""
+    return {"ttl": duration, "mfa_code": mfa_code}
+
+
+@click.command(name="exec", cls=_CommandAfterProfile, short_help="Run a command with PROFILE's credentials.")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option(
     "--server",
     is_flag=True,
@@ -40,9 +78,20 @@ class _CommandAfterDashes(click.Command):
     is_flag=True,
     help="Pass VAULT_TOKEN on to the command (by default the child gets AWS credentials only, no Vault token).",
 )
+@duration_option("this run")
+@mfa_option
 @click.pass_context
-def exec_(ctx: click.Context, profile: str, server: bool, force: bool, keep_vault_token: bool) -> int:
-    """Run CMD with the credentials of PROFILE.
+def exec_(
+    ctx: click.Context,
+    profile: str,
+    server: bool,
+    force: bool,
+    keep_vault_token: bool,
+    duration: int | None,
+    mfa_code: str | None,
+) -> int:
+    """Run CMD with the credentials of PROFILE: everything after PROFILE is the command
+    (`broker exec dev aws s3 ls`; a `--` after PROFILE is allowed). Options go before PROFILE.
 
     Without --server the command gets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
     AWS_CREDENTIAL_EXPIRATION and replaces broker. With --server it gets
@@ -57,20 +106,24 @@ def exec_(ctx: click.Context, profile: str, server: bool, force: bool, keep_vaul
     command = ctx.meta.get("broker.command")
     if not command:
         raise click.UsageError(
-            "no command to run: give it after --, e.g. broker exec PROFILE -- aws sts get-caller-identity"
+            "no command to run: give it after PROFILE, e.g. broker exec PROFILE aws sts get-caller-identity"
         )
     app = ctx.find_object(App)
     assert app is not None  # the group made it
+    flags = request_flags(duration, mfa_code)
     if server:
-        return launch.exec_with_server(app, profile, command, force=force, keep_vault_token=keep_vault_token)
-    return launch.exec_with_keys(app, profile, command, force=force, keep_vault_token=keep_vault_token)
+        return launch.exec_with_server(
+            app, profile, command, force=force, keep_vault_token=keep_vault_token, flags=flags
+        )
+    return launch.exec_with_keys(app, profile, command, force=force, keep_vault_token=keep_vault_token, flags=flags)
 
 
 @click.command()
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option("--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 (default: a random free port).")
+@duration_option("each credential served")
 @pass_app
-def serve(app: App, profile: str, port: int | None) -> int:
+def serve(app: App, profile: str, port: int | None, duration: int | None) -> int:
     """Serve PROFILE's credentials on a loopback endpoint until Ctrl-C or SIGTERM.
 
     Prints the two variables to export on stdout (AWS_CONTAINER_CREDENTIALS_FULL_URI and
@@ -78,11 +131,11 @@ def serve(app: App, profile: str, port: int | None) -> int:
     """
     from broker import launch
 
-    return launch.serve(app, profile, port or 0, sys.stdout)
+    return launch.serve(app, profile, port or 0, sys.stdout, flags=request_flags(duration))
 
 
 @click.command()
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option(
     "--format",
     "fmt",
@@ -91,16 +144,22 @@ def serve(app: App, profile: str, port: int | None) -> int:
     show_default=True,
     help="env: `export AWS_...=...` lines; json: the credential_process object; ini: a credentials-file section.",
 )
+@duration_option("this credential")
+@mfa_option
+@click.option("--unset", is_flag=True, help="With --format env: print the `unset` lines that undo the export.")
 @pass_app
-def export(app: App, profile: str, fmt: str) -> None:
-    """Print PROFILE's credentials, e.g. eval "$(broker export PROFILE)"."""
+def export(app: App, profile: str, fmt: str, duration: int | None, mfa_code: str | None, unset: bool) -> None:
+    """Print PROFILE's credentials, e.g. eval "$(broker export PROFILE)"; undo with
+    eval "$(broker export PROFILE --unset)"."""
     from broker import launch
 
-    click.echo(launch.export(app, profile, fmt), nl=False)
+    if unset and fmt != "env":
+        raise click.UsageError("--unset goes with --format env")
+    click.echo(launch.export(app, profile, fmt, flags=request_flags(duration, mfa_code), unset=unset), nl=False)
 
 
 @click.command()
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete_profiles)
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the sign-in URL instead of opening a browser.")
 @click.option("--path", metavar="PAGE", help="Console page to open, e.g. s3/home or ec2/home.")
 @click.option("--region", help="Console region (default: the profile's region).")
@@ -110,9 +169,18 @@ def export(app: App, profile: str, fmt: str) -> None:
     metavar="URL",
     help="Federation endpoint (env BROKER_FEDERATION_URL; default https://signin.aws.amazon.com/federation).",
 )
+@duration_option("the console session's credential")
+@mfa_option
 @pass_app
 def login(
-    app: App, profile: str, to_stdout: bool, path: str | None, region: str | None, federation_url: str | None
+    app: App,
+    profile: str,
+    to_stdout: bool,
+    path: str | None,
+    region: str | None,
+    federation_url: str | None,
+    duration: int | None,
+    mfa_code: str | None,
 ) -> None:
     """Open the AWS console signed in with PROFILE's credentials (assumed_role or federation_token).
 
@@ -122,7 +190,9 @@ def login(
 
     from broker import signin
 
-    url = signin.login_url(app, profile, region=region, path=path, federation_url=federation_url)
+    url = signin.login_url(
+        app, profile, region=region, path=path, federation_url=federation_url, flags=request_flags(duration, mfa_code)
+    )
     opened = False
     if not to_stdout:
         try:

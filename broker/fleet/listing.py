@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, and_, case, cast, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from broker import cache, listing
+from broker import cache, listing, output
 from broker.fleet.ledger import COLUMNS, TIME_COLUMNS, utc
 from broker.fleet.models import FLEET_LEASES
 from broker.selection import Selection
@@ -96,20 +96,15 @@ def iso_row(row: dict[str, Any]) -> dict[str, Any]:
 
 # The table puts host, user and the login that pushed the row (db_user: the one field a host
 # cannot choose) first and adds the time left; csv carries every public COLUMN.
-TABLE_COLUMNS = [
-    "host",
-    "user",
-    "db_user",
-    *[c for c in listing.TABLE_COLUMNS if c not in ("host", "user")],
-    "revoked_by",
-]
-TABLE_HEADERS = {
-    **listing.TABLE_HEADERS,
-    "host": "HOST",
-    "user": "USER",
-    "db_user": "PUSHED BY",
-    "revoked_by": "REVOKED BY",
-}
+TABLE_HEADERS = {**listing.TABLE_HEADERS, "host": "HOST", "user": "USER", "db_user": "PUSHED BY"}
+FLEET_TABLE = output.TableSpec(
+    columns=tuple(
+        output.Column(name, TABLE_HEADERS[name]) if name in ("host", "user", "db_user") else listing.table_column(name)
+        for name in ["host", "user", "db_user", *[c for c in listing.TABLE_COLUMNS if c not in ("host", "user")]]
+    ),
+    default=("host", "user", "db_user", "lease_id", "role", "credential_type", "access_key_id", "expires_at", "state"),
+)
+TABLE_COLUMNS = FLEET_TABLE.names
 # Text columns whose widths one aggregate query measures (name -> fleet column).
 _TEXT_COLUMNS = {
     name: FLEET.c[FLEET_NAME.get(name, name)]
@@ -118,16 +113,25 @@ _TEXT_COLUMNS = {
 }
 
 
-def fleet_listing(app: App, selection: Selection, *, table: bool) -> listing.Listing:
+def fleet_listing(
+    app: App,
+    selection: Selection,
+    *,
+    table: bool,
+    wide: bool = False,
+    columns: Sequence[str] | None = None,
+) -> listing.Listing:
     """A listing of the fleet rows for `broker leases --fleet` in table or csv form: public fields
     only, times ISO-8601 UTC (csv) or readable with the time left (table), streamed."""
     if not table:
-        return listing.Listing(rows=(iso_row(row) for row in list_leases(app, selection)), columns=COLUMNS)
+        rows = (iso_row(row) for row in list_leases(app, selection))
+        return listing.Listing(rows=rows, columns=list(columns or COLUMNS))
     return listing.Listing(
         rows=_table_rows(app, selection),
-        columns=TABLE_COLUMNS,
-        headers=TABLE_HEADERS,
+        columns=FLEET_TABLE.choose(wide, [c for c in columns if c in TABLE_COLUMNS] if columns else None),
         widths=_table_widths(app, selection),
+        spec=FLEET_TABLE,
+        wide=wide,
     )
 
 
@@ -137,7 +141,6 @@ def _table_rows(app: App, selection: Selection) -> Iterator[dict[str, Any]]:
         row["left"] = listing.time_left(row["state"], row["expires_at"], now)
         for name in TIME_COLUMNS:
             row[name] = listing.readable_time(row[name])
-        row["revoke_error"] = listing.table_error(row.get("revoke_error"))
         yield row
 
 
@@ -149,5 +152,4 @@ def _table_widths(app: App, selection: Selection) -> dict[str, int]:
         ).one()
     widths = {name: max(1, m or 0) for name, m in zip(_TEXT_COLUMNS, maxima, strict=True)}
     widths.update(listing.FIXED_WIDTHS)
-    widths["revoke_error"] = min(widths.get("revoke_error", 1), listing.REVOKE_ERROR_WIDTH)
     return widths
