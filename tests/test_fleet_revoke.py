@@ -297,3 +297,33 @@ def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
         )
     assert host.broker("prune", "--quiet").returncode == 0
     assert host.sql("SELECT lease_id, state, secret FROM leases") == [(live, "revoked", None)]
+
+
+def test_the_wait_phase_excludes_ten_thousand_attempted_leases(pg, fleet_db):
+    """A responder's second phase leaves out every lease it already tried: 10,000 pairs as array
+    parameters (a literal NOT IN list that long overflows PostgreSQL's parser stack)."""
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.pool import NullPool
+
+    from broker.fleet.listing import FLEET
+    from broker.fleet.revoke import _not_attempted
+
+    pg.query(
+        fleet_db,
+        "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, mount, role, credential_type, issued_at, "
+        "expires_at, host, os_user) VALUES ('aws/sts/deploy/kept', 'ASIAKEPT', 'v', 'aws', 'deploy', "
+        "'assumed_role', now(), now() + interval '1 hour', 'h', 'u')",
+    )
+    attempted = {(f"aws/sts/deploy/{i}", f"ASIA{i:016d}") for i in range(10_000)}
+    engine = create_engine(pg.url("broker_owner", fleet_db), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            query = select(FLEET.c.lease_id).where(_not_attempted(FLEET, attempted))
+            assert conn.execute(query).scalars().all() == ["aws/sts/deploy/kept"]
+            attempted.add(("aws/sts/deploy/kept", "ASIAKEPT"))
+            assert (
+                conn.execute(select(func.count()).select_from(FLEET).where(_not_attempted(FLEET, attempted))).scalar()
+                == 0
+            )
+    finally:
+        engine.dispose()
