@@ -90,7 +90,7 @@ class Double:
                 "--latency-ms",
                 str(latency_ms),
                 "--max-seconds",
-                "1800",
+                "7200",  # fleet-10k runs long on a shared 2-core machine
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -17,11 +17,14 @@ from tests.support.pg import (  # noqa: F401 - pytest fixtures
     PG_BIN,
     Host,
     HungServer,
+    both_paths,
     child_env,
     closed_port_url,
     fleet_db,
+    fleet_url,
     pg,
 )
+from tests.support.pgbouncer import pgbouncer  # noqa: F401 - pytest fixture (the PgBouncer path)
 
 
 def cred(host: Host, *args: str, url="same") -> tuple[dict, float]:
@@ -37,14 +40,15 @@ def shared_count(pg, db) -> int:
 
 
 @pytest.fixture
-def hosts(tmp_path, pg, fleet_db, vault, aws_env):
-    made = [Host(tmp_path, f"host-{x}", pg.url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
+def hosts(tmp_path, fleet_url, fleet_db, vault, aws_env):
+    made = [Host(tmp_path, f"host-{x}", fleet_url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
     for host in made:
         result = host.broker("profile", "add", "deploy", "--mount", "aws", "--role", "deploy", "--ttl", "1h")
         assert result.returncode == 0, result.stderr
     return made
 
 
+@both_paths
 def test_a_miss_pushes_in_the_background_and_no_secret_is_shared(tmp_path, pg, fleet_db, hosts, vault):
     secrets = []
     for host in hosts:
@@ -149,6 +153,7 @@ def test_a_miss_is_not_slowed_by_an_unreachable_or_hung_ledger(tmp_path, pg, fle
     assert shared_count(pg, fleet_db) == 2 * runs
 
 
+@both_paths
 def test_a_pulled_revocation_makes_the_next_call_issue_anew(tmp_path, pg, fleet_db, hosts, vault):
     a, b = hosts[0], hosts[1]
     first, _ = cred(a, "--profile", "deploy")

@@ -23,11 +23,14 @@ from tests.support.pg import (  # noqa: F401 - pytest fixtures
     Host,
     HungServer,
     allow_host,
+    both_paths,
     child_env,
     closed_port_url,
     fleet_db,
+    fleet_url,
     pg,
 )
+from tests.support.pgbouncer import pgbouncer  # noqa: F401 - pytest fixture (the PgBouncer path)
 
 
 def one_line_error(result, code=1, contains=""):
@@ -40,19 +43,20 @@ def one_line_error(result, code=1, contains=""):
 
 
 @pytest.fixture
-def hosts(tmp_path, pg, fleet_db):
-    return [Host(tmp_path, f"host-{x}", pg.url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
+def hosts(tmp_path, fleet_url, fleet_db):
+    return [Host(tmp_path, f"host-{x}", fleet_url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
 
 
-def responder_app(tmp_path, pg, fleet_db, who="resp_1"):
-    return Host(tmp_path, f"responder-{who}", pg.url(who, fleet_db)).app()
+def responder_app(tmp_path, fleet_url, fleet_db, who="resp_1"):
+    return Host(tmp_path, f"responder-{who}", fleet_url(who, fleet_db)).app()
 
 
 def listed(app, **filters):
     return list(fleet_listing.list_leases(app, Selection(**filters)))
 
 
-def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
+@both_paths
+def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_url, fleet_db, hosts):
     a, b, c = hosts
     a.add_leases(3, role="deploy")
     b.add_leases(2, role="deploy")
@@ -63,7 +67,7 @@ def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
         assert result.returncode == 0, result.stderr
         assert "pushed" in result.stderr and result.stdout == ""
         assert host.pending() == 0
-    responder = responder_app(tmp_path, pg, fleet_db)
+    responder = responder_app(tmp_path, fleet_url, fleet_db)
     rows = listed(responder)
     assert len(rows) == 10
     assert list(rows[0]) == fleet.COLUMNS
@@ -85,7 +89,8 @@ def test_push_and_list_across_three_hosts(tmp_path, pg, fleet_db, hosts):
     assert {r["host"] for r in listed(b.app())} == {"host-b"}
 
 
-def test_sync_is_idempotent_and_pushes_changes(tmp_path, pg, fleet_db, hosts):
+@both_paths
+def test_sync_is_idempotent_and_pushes_changes(tmp_path, pg, fleet_url, fleet_db, hosts):
     a = hosts[0]
     (row_id, lease_id), *_ = a.add_leases(2)
     assert a.broker("ledger", "sync").returncode == 0
@@ -186,7 +191,8 @@ def test_kill_9_during_a_push_loses_and_duplicates_nothing(tmp_path, pg, fleet_d
     assert total == distinct == count
 
 
-def test_a_pulled_revocation_wipes_the_cached_secret(tmp_path, pg, fleet_db, hosts):
+@both_paths
+def test_a_pulled_revocation_wipes_the_cached_secret(tmp_path, pg, fleet_url, fleet_db, hosts):
     a, b = hosts[0], hosts[1]
     (row_a, lease_a), (row_a2, _) = a.add_leases(2)
     b.add_leases(1)
@@ -342,6 +348,37 @@ def test_ledger_init_needs_the_group_roles_and_the_owner(tmp_path, pg):
         pg.drop_database(name)
 
 
+def test_ledger_init_and_timeouts_through_pgbouncer(tmp_path, pg, pgbouncer):
+    """`ledger init` is one transaction (transactional DDL under a transaction-scoped advisory lock),
+    so a transaction pooler serves it; the timeouts are SET LOCAL per transaction, not startup options
+    (which PgBouncer refuses), and never leak into the next client's transaction."""
+    from sqlalchemy import text
+
+    name = pg.create_database()
+    try:
+        owner = Host(tmp_path, "owner", pgbouncer.url(OWNER, name))
+        result = owner.broker("ledger", "init")
+        assert result.returncode == 0, result.stderr
+        assert "upgraded from empty to schema f002" in result.stderr
+        host = Host(tmp_path, "h", pgbouncer.url("host_a", name))
+        host.add_leases(3)
+        assert host.broker("ledger", "sync").returncode == 0 and host.pending() == 0
+        app = host.app()
+        try:
+            with app.fleet.begin("a test") as conn:
+                for _ in range(8):  # past psycopg's prepare threshold: nothing is prepared server-side
+                    assert conn.execute(text("SELECT count(*) FROM fleet_leases")).scalar() == 3
+                assert conn.execute(text("SHOW statement_timeout")).scalar() == "15s"
+                assert conn.execute(text("SHOW lock_timeout")).scalar() == "5s"
+        finally:
+            app.close()
+        with pgbouncer.connect("host_a", name, autocommit=True) as raw:  # a server connection broker used
+            assert raw.execute("SHOW statement_timeout").fetchone() == ("0",)
+        assert pgbouncer.server_count(name) <= pgbouncer.pool_size
+    finally:
+        pg.drop_database(name)
+
+
 def test_schema_matches_the_models_and_the_migrations(pg, fleet_db):
     from alembic.autogenerate import compare_metadata
     from alembic.config import Config
@@ -376,7 +413,8 @@ def test_fleet_modules_stay_off_the_miss_and_hit_paths():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
+@both_paths
+def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_url, fleet_db, hosts):
     a = hosts[0]
     (_, odd), *_ = a.add_leases(3)
     a.add_leases(1, ttl=-5)  # expired
@@ -390,7 +428,7 @@ def test_json_rows_match_the_public_fields(tmp_path, pg, fleet_db, hosts):
             "UPDATE fleet_leases SET state = 'revoked', revoked_at = now(), revoked_by = 'x@y' WHERE lease_id = %s",
             (odd,),
         )
-    responder = responder_app(tmp_path, pg, fleet_db)
+    responder = responder_app(tmp_path, fleet_url, fleet_db)
     expected = [fleet_listing.iso_row(row) for row in listed(responder)]
     encoded = [text for batch in fleet_listing.json_rows(responder, Selection(), batch_size=2) for text in batch]
     assert [json.loads(text) for text in encoded] == expected

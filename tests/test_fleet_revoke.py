@@ -18,10 +18,13 @@ import requests
 
 from tests.support.pg import (  # noqa: F401 - pytest fixtures
     Host,
+    both_paths,
     child_env,
     fleet_db,
+    fleet_url,
     pg,
 )
+from tests.support.pgbouncer import pgbouncer  # noqa: F401 - pytest fixture (the PgBouncer path)
 
 RESPONDER_ENV = {"USER": "oncall", "LOGNAME": "oncall"}
 
@@ -43,15 +46,15 @@ def issue(vault, count: int, role: str = "deploy") -> list:
 
 
 @pytest.fixture
-def fleet(tmp_path, pg, fleet_db, vault, aws_env):
+def fleet(tmp_path, fleet_url, fleet_db, vault, aws_env):
     """Three hosts with pushed leases, and two responders."""
-    hosts = [Host(tmp_path, f"host-{x}", pg.url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
+    hosts = [Host(tmp_path, f"host-{x}", fleet_url(f"host_{x}", fleet_db), user=f"user{x}") for x in "abc"]
     for host in hosts:
         host.add_leases(0, issued=issue(vault, 3))
         host.add_leases(0, role="ci", credential_type="iam_user", issued=issue(vault, 1, "ci"))
         result = host.broker("ledger", "sync")
         assert result.returncode == 0, result.stderr
-    responders = [Host(tmp_path, f"desk-{n}", pg.url(f"resp_{n}", fleet_db), user="oncall") for n in (1, 2)]
+    responders = [Host(tmp_path, f"desk-{n}", fleet_url(f"resp_{n}", fleet_db), user="oncall") for n in (1, 2)]
     return hosts, responders
 
 
@@ -59,6 +62,7 @@ def shared(pg, db, where="true"):
     return pg.query(db, f"SELECT lease_id, host, state, revoked_by, revoke_error FROM fleet_leases WHERE {where}")
 
 
+@both_paths
 def test_fleet_listing_then_revoke_across_three_hosts(pg, fleet_db, fleet, vault):
     hosts, (desk, _) = fleet
     # `leases --fleet`: formats, filters, a host's own view.
@@ -201,8 +205,9 @@ def test_partial_failure_keeps_rows_active_and_a_rerun_finishes(pg, fleet_db, fl
     assert {(r[2], r[4]) for r in shared(pg, fleet_db, "role = 'ci'")} == {("revoked", None)}
 
 
-def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_db, vault, aws_env):
-    hosts = [Host(tmp_path, f"node-{i}", pg.url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)]
+@both_paths
+def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_url, fleet_db, vault, aws_env):
+    hosts = [Host(tmp_path, f"node-{i}", fleet_url(f"host_{'abc'[i % 3]}", fleet_db), user=f"u{i}") for i in range(3)]
     leases = []
     for host in hosts:
         issued = issue(vault, 20)
@@ -210,7 +215,7 @@ def test_two_responders_at_once_revoke_each_lease_once(tmp_path, pg, fleet_db, v
         host.add_leases(0, issued=issued)
         assert host.broker("ledger", "sync").returncode == 0
     vault.latency = 0.02  # Vault answers in 20 ms: the two runs overlap
-    responders = [Host(tmp_path, f"desk-{n}", pg.url(f"resp_{n}", fleet_db), user="oncall") for n in (1, 2)]
+    responders = [Host(tmp_path, f"desk-{n}", fleet_url(f"resp_{n}", fleet_db), user="oncall") for n in (1, 2)]
     procs = [
         subprocess.Popen(
             [
@@ -292,3 +297,33 @@ def test_prune_drains_the_outbox_and_pulls_revocations(tmp_path, pg, fleet_db):
         )
     assert host.broker("prune", "--quiet").returncode == 0
     assert host.sql("SELECT lease_id, state, secret FROM leases") == [(live, "revoked", None)]
+
+
+def test_the_wait_phase_excludes_ten_thousand_attempted_leases(pg, fleet_db):
+    """A responder's second phase leaves out every lease it already tried: 10,000 pairs as array
+    parameters (a literal NOT IN list that long overflows PostgreSQL's parser stack)."""
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.pool import NullPool
+
+    from broker.fleet.listing import FLEET
+    from broker.fleet.revoke import _not_attempted
+
+    pg.query(
+        fleet_db,
+        "INSERT INTO fleet_leases (lease_id, access_key_id, vault_addr, mount, role, credential_type, issued_at, "
+        "expires_at, host, os_user) VALUES ('aws/sts/deploy/kept', 'ASIAKEPT', 'v', 'aws', 'deploy', "
+        "'assumed_role', now(), now() + interval '1 hour', 'h', 'u')",
+    )
+    attempted = {(f"aws/sts/deploy/{i}", f"ASIA{i:016d}") for i in range(10_000)}
+    engine = create_engine(pg.url("broker_owner", fleet_db), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            query = select(FLEET.c.lease_id).where(_not_attempted(FLEET, attempted))
+            assert conn.execute(query).scalars().all() == ["aws/sts/deploy/kept"]
+            attempted.add(("aws/sts/deploy/kept", "ASIAKEPT"))
+            assert (
+                conn.execute(select(func.count()).select_from(FLEET).where(_not_attempted(FLEET, attempted))).scalar()
+                == 0
+            )
+    finally:
+        engine.dispose()

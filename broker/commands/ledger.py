@@ -1,4 +1,4 @@
-"""`broker ledger init|status|sync`: the fleet ledger on PostgreSQL (broker/fleet/ does the work)."""
+"""`broker ledger init|status|sync|prune`: the fleet ledger on PostgreSQL (broker/fleet/ does the work)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import click
 
 from broker.app import App
-from broker.commands.options import format_option, pass_app
+from broker.commands.options import Duration, format_option, pass_app
+
+RETENTION = Duration(minimum=86400, maximum=100 * 366 * 86400)  # a day to a century
 
 
 @click.group()
@@ -71,3 +73,28 @@ def ledger_sync(app: App, quiet: bool, background: bool) -> None:
         f"pushed {result.pushed} lease row(s), pulled {result.pulled} revocation(s); {result.pending} pending",
         err=True,
     )
+
+
+@ledger.command(name="prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=RETENTION,
+    required=True,
+    metavar="DURATION",
+    help="Remove rows whose lease expired longer ago than this, e.g. 90d (at least 1d).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing unless something fails (for cron).")
+@format_option(choices=("table", "json"))
+@pass_app
+def ledger_prune(app: App, older_than: int, dry_run: bool, quiet: bool, fmt: str) -> None:
+    """Delete old rows from the fleet ledger (run as the database's owner), in short batches that a
+    host's push never waits on for long."""
+    from broker.fleet import retention
+
+    result = retention.prune_fleet(app, older_than, dry_run=dry_run)
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict()))
+    elif not quiet:
+        click.echo(result.summary(), err=True)

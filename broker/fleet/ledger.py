@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 SCHEMA_HEAD = "f003"
 KNOWN_REVISIONS = ("f001", "f002", "f003")
 
+INIT_LOCK_KEY = 0x62726F6B6572  # "broker": serialises `ledger init` runs (pg_advisory_xact_lock)
 CONNECT_TIMEOUT_SECONDS = 3  # libpq's minimum is 2
 STATEMENT_TIMEOUT_MS = 15_000
 LOCK_TIMEOUT_MS = 5_000
@@ -157,23 +158,23 @@ class FleetLedger:
 
     @property
     def engine(self) -> Engine:
+        """No pool, no server-side prepared statements and the timeouts set per transaction, so that
+        the same code works direct and through PgBouncer in transaction pooling mode (which keeps no
+        prepared statements and rejects the `options` startup parameter)."""
         if self._engine is None:
-            from sqlalchemy import create_engine
+            from sqlalchemy import create_engine, event
             from sqlalchemy.pool import NullPool
 
-            options = (
-                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
-                f"-c idle_in_transaction_session_timeout={4 * STATEMENT_TIMEOUT_MS}"
-            )
             self._engine = create_engine(
                 self.url,
                 poolclass=NullPool,
                 connect_args={
                     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-                    "options": options,
                     "application_name": "broker",
+                    "prepare_threshold": None,
                 },
             )
+            event.listen(self._engine, "begin", _set_local_timeouts)
         return self._engine
 
     def _scrub(self, text: str) -> str:
@@ -255,6 +256,20 @@ class FleetLedger:
             self._engine = None
 
 
+# One round trip at the start of every transaction: SET LOCAL's effect, through any pooler.
+_TIMEOUTS_SQL = (
+    f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true), "
+    f"set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true), "
+    f"set_config('idle_in_transaction_session_timeout', '{4 * STATEMENT_TIMEOUT_MS}', true)"
+)
+
+
+def _set_local_timeouts(conn: Connection) -> None:
+    """The `begin` event: this transaction's timeouts (psycopg opens the transaction with it)."""
+    raw: Any = conn.connection.driver_connection
+    raw.execute(_TIMEOUTS_SQL)
+
+
 def read_revision(conn: Connection) -> str | None:
     from sqlalchemy import text
 
@@ -303,9 +318,16 @@ def fleet_migrations_dir() -> str:
 
 
 def init_schema(app: App) -> InitResult:
-    """Create or upgrade the shared schema with Alembic, in process; refuse a newer one."""
+    """Create or upgrade the shared schema with Alembic, in process; refuse a newer one.
+
+    All of it is one transaction (PostgreSQL's DDL is transactional) under a transaction-scoped
+    advisory lock, so two inits at once run one after the other, and a transaction pooler
+    (PgBouncer in transaction mode) serves it as well as a direct connection."""
+    from sqlalchemy import text
+
     ledger = app.fleet
     with ledger.begin("the schema upgrade", check_schema=False) as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INIT_LOCK_KEY})
         before = read_revision(conn)
         if before is not None and before not in KNOWN_REVISIONS:
             check_revision(before, ledger.masked)  # raises: newer than this code

@@ -274,7 +274,7 @@ def _revoke_claimed(
                     conn.execute(text(f"SET LOCAL lock_timeout = '{OTHERS_WAIT_SECONDS}s'"))
                     where = list(active_where)
                     if attempted:
-                        where.append(tuple_(t.c.lease_id, t.c.access_key_id).notin_(sorted(attempted)))
+                        where.append(_not_attempted(t, attempted))
                     query = _target_query(t, where, lock="wait", limit=batch_size)
                 now = time.time()
                 claimed = [_to_target(row, addr, now) for row in conn.execute(query)]
@@ -306,6 +306,19 @@ def _revoke_claimed(
                 if transaction.is_active:
                     transaction.rollback()
                 raise
+
+
+def _not_attempted(t: Any, attempted: set[tuple[str, str]]) -> ColumnElement[bool]:
+    """(lease_id, access_key_id) not among `attempted`, as two array parameters unnested: a literal
+    NOT IN list of 10,000 pairs overflows PostgreSQL's parser stack ("stack depth limit exceeded")."""
+    from sqlalchemy import Text, func
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    pairs = sorted(attempted)
+    ids = bindparam("attempted_ids", [p[0] for p in pairs], type_=ARRAY(Text))
+    keys = bindparam("attempted_keys", [p[1] for p in pairs], type_=ARRAY(Text))
+    done = func.unnest(ids, keys).table_valued("lease_id", "access_key_id").render_derived(name="attempted")
+    return tuple_(t.c.lease_id, t.c.access_key_id).notin_(select(done.c.lease_id, done.c.access_key_id))
 
 
 def _revoke_unknown(

@@ -472,6 +472,18 @@ if pytest is not None:
             yield server
 
     @pytest.fixture
+    def fleet_url(request, pg):
+        """A URL factory `fleet_url(login, db)`: straight to the session PostgreSQL, or through the
+        session PgBouncer (transaction pooling) when a test is parametrized with `both_paths`. A test
+        module using it imports `pgbouncer` from tests/support/pgbouncer.py too."""
+        if getattr(request, "param", "direct") == "pgbouncer":
+            return request.getfixturevalue("pgbouncer").url
+        return pg.url
+
+    # Run a test both straight to PostgreSQL and through PgBouncer in transaction pooling mode.
+    both_paths = pytest.mark.parametrize("fleet_url", ["direct", "pgbouncer"], indirect=True)
+
+    @pytest.fixture
     def fleet_db(pg) -> Iterator[str]:
         """A fresh database owned by broker_owner, its shared schema created with `ledger init`."""
         from broker.app import App

@@ -115,7 +115,7 @@ class PgBouncer:
             "server_connect_timeout": "5",
             "server_login_retry": "1",
             "query_wait_timeout": "30",
-            "ignore_startup_parameters": "extra_float_digits,options",
+            "ignore_startup_parameters": "extra_float_digits",  # not `options`: broker needs no special config
             "logfile": self.logfile,
             "log_connections": "0",
             "log_disconnections": "0",
