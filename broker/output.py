@@ -370,12 +370,12 @@ def _revoke_report(report: RevokeReport, out: TextIO, columns: list[str], wide: 
 
 
 def _failures_in_full(results: Sequence[Any], out: TextIO, wide: bool) -> None:
-    """Below a shortened table, each failure's whole error with the full lease id."""
+    """Below a shortened table, each failure's whole error (other_vault included) with the full lease id."""
     if wide:
         return
     for result in results:
-        if result.outcome == "failed" and result.error:
-            out.write(f"failed {result.target.lease_id or '(no lease id)'}: {result.error}\n")
+        if not result.ok and result.error:
+            out.write(f"{result.outcome} {result.target.lease_id or '(no lease id)'}: {terminal_safe(result.error)}\n")
 
 
 def _revoke_summary(report: RevokeReport) -> str:

@@ -273,7 +273,7 @@ class Vault:
         if (namespace, timeout) not in self._clients:
             import hvac
 
-            session = bounded_session(self.settings.addr, self.settings.timeout)
+            session = bounded_session(self.settings.addr, timeout)
             session.verify = self.settings.verify  # hvac copies session.verify over verify=
             if self.settings.verify is False:  # VAULT_SKIP_VERIFY: say so once, in our own words
                 import urllib3

@@ -359,7 +359,7 @@ def test_ledger_init_and_timeouts_through_pgbouncer(tmp_path, pg, pgbouncer):
         owner = Host(tmp_path, "owner", pgbouncer.url(OWNER, name))
         result = owner.broker("ledger", "init")
         assert result.returncode == 0, result.stderr
-        assert "upgraded from empty to schema f002" in result.stderr
+        assert "upgraded from empty to schema f003" in result.stderr
         host = Host(tmp_path, "h", pgbouncer.url("host_a", name))
         host.add_leases(3)
         assert host.broker("ledger", "sync").returncode == 0 and host.pending() == 0

@@ -153,7 +153,7 @@ def test_fleet_selectors_list_and_revoke(tmp_path, pg, fleet_db, vault, aws_env)
         "leases", "--fleet", "--format", "json", "--access-key", keys["host-a"], "--access-key", "AKIANOSUCHKEY0000000"
     )
     assert _keys(one) == [keys["host-a"]] and "AKIANOSUCHKEY0000000" in one.stderr
-    table = desk.broker("leases", "--fleet", "--display-name", "oidc-alice")
+    table = desk.broker("leases", "--fleet", "--wide", "--display-name", "oidc-alice")
     assert table.returncode == 0 and keys["host-b"] in table.stdout and "oidc-alice" in table.stdout
 
     listing = tmp_path / "keys.txt"
