@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from broker.reconcile import ReconcileReport
     from broker.renew import RenewReport
     from broker.revoke import RevokeReport
 
@@ -299,8 +300,22 @@ RENEW_COLUMNS = RENEW_TABLE.names
 PRINCIPAL_HINT = {"role": "IAM role that Vault role assumes", "user": "IAM user of aws/config/root"}
 
 
+RECONCILE_TABLE = TableSpec(
+    columns=(
+        Column("result", "RESULT"),
+        Column("lease_id", "LEASE ID", short_id, SHORT_ID_CHARS + 2),
+        Column("profile", "PROFILE"),
+        Column("access_key_id", "ACCESS KEY ID"),
+        Column("issued_at", "ISSUED", relative_time),
+        Column("expires_at", "EXPIRES", relative_time),
+        Column("detail", "DETAIL", cut(48)),
+    ),
+    default=("result", "lease_id", "profile", "expires_at", "detail"),
+)
+
+
 def render_report(
-    report: RevokeReport | RenewReport,
+    report: RevokeReport | RenewReport | ReconcileReport,
     fmt: str,
     out: TextIO | None = None,
     *,
@@ -309,10 +324,18 @@ def render_report(
 ) -> None:
     """Write the report of a bulk operation in `fmt` (table or json); the table shows `columns`
     (default: the spec's default ones, or every one when `wide`)."""
+    from broker.reconcile import ReconcileReport
     from broker.renew import RenewReport
 
     out = out or sys.stdout
-    if isinstance(report, RenewReport):
+    if isinstance(report, ReconcileReport):
+        if fmt == "json":
+            from broker.reconcile import report_dict as reconcile_dict
+
+            out.write(json.dumps(reconcile_dict(report), indent=2) + "\n")
+        else:
+            _reconcile_report(report, out, RECONCILE_TABLE.choose(wide, columns), wide)
+    elif isinstance(report, RenewReport):
         _renew_report(report, out, RENEW_TABLE.choose(wide, columns), wide)
     elif fmt == "json":
         from broker.revoke import report_dict
@@ -401,6 +424,56 @@ def _renew_report(report: RenewReport, out: TextIO, columns: list[str], wide: bo
     render_table(RENEW_TABLE, rows, columns, wide=wide, out=out)
     _failures_in_full(report.results, out, wide)
     out.write(report.summary() + "\n")
+
+
+def _reconcile_report(report: ReconcileReport, out: TextIO, columns: list[str], wide: bool) -> None:
+    """The summary, then one table row per ledger row Vault no longer knows (or could not be looked
+    up) and per lease Vault holds that no ledger row explains, then each problem in full."""
+    counts = report.summary()
+    out.write(
+        f"checked {counts['checked']} active lease(s) against Vault: {counts['live']} live, {counts['ended']} "
+        f"ended{' (dry run: not marked)' if report.dry_run and counts['ended'] else ''}, "
+        f"{counts['lookup_failed']} lookup(s) failed\n"
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "result": r.outcome,
+            "lease_id": r.target.lease_id,
+            "profile": r.target.profile,
+            "access_key_id": r.target.access_key_id,
+            "issued_at": r.target.issued_at,
+            "expires_at": r.target.expires_at,
+            "detail": r.error,
+        }
+        for r in report.checked
+        if r.outcome != "live"
+    ]
+    if report.vault_list:
+        outcome = {r.target: r for r in report.unknown_results}
+        for u in report.unknown:
+            done = outcome.get(u.target)
+            why = f"{done.error}; " if done and done.error else ""
+            rows.append(
+                {
+                    "result": done.outcome if done else "unknown",
+                    "lease_id": u.target.lease_id,
+                    "profile": None,
+                    "access_key_id": None,
+                    "issued_at": u.issue_time,
+                    "expires_at": u.expire_time,
+                    "detail": why + (u.intent or "no matching intent"),
+                }
+            )
+        out.write(f"unknown leases in Vault (no ledger row): {len(report.unknown)}\n")
+    if rows:
+        out.write("\n")
+        render_table(RECONCILE_TABLE, rows, columns, wide=wide, out=out)
+        if not wide:
+            for row in rows:
+                if row["detail"]:
+                    out.write(f"{row['result']} {row['lease_id']}: {terminal_safe(row['detail'])}\n")
+    for error in report.list_errors:
+        out.write(f"error: {terminal_safe(error)}\n")
 
 
 def write_json(value: Any, out: TextIO | None = None) -> None:

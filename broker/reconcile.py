@@ -371,29 +371,3 @@ def report_dict(report: ReconcileReport) -> dict[str, Any]:
         ],
         "errors": report.failed,
     }
-
-
-def render_table(report: ReconcileReport) -> list[str]:
-    lines = []
-    counts = report.summary()
-    lines.append(
-        f"checked {counts['checked']} active lease(s) against Vault: {counts['live']} live, {counts['ended']} "
-        f"ended{' (dry run: not marked)' if report.dry_run and counts['ended'] else ''}, "
-        f"{counts['lookup_failed']} lookup(s) failed"
-    )
-    for r in report.checked:
-        if r.outcome != "live":
-            lines.append(f"  {r.outcome:<7} {r.target.lease_id}  {r.target.profile or '-'}  {r.error}")
-    if report.vault_list:
-        lines.append(f"unknown leases in Vault (no ledger row): {len(report.unknown)}")
-        outcome = {r.target: r for r in report.unknown_results}
-        for u in report.unknown:
-            done = outcome.get(u.target)
-            state = done.outcome if done else "unknown"
-            why = f"  {done.error}" if done and done.error else ""
-            lines.append(
-                f"  {state:<12} {u.target.lease_id}  issued {u.issue_time or '?'}  expires {u.expire_time or '?'}"
-                f"  {u.intent or 'no matching intent'}{why}"
-            )
-    lines += [f"  error: {e}" for e in report.list_errors]
-    return lines

@@ -99,3 +99,37 @@ def test_shorteners():
     assert output.relative_time("1970-01-01 00:16:40", 0) == "in 16m40s"
     assert output.relative_time(100 + 2 * 86400 + 4 * 3600, 100) == "in 2d4h"
     assert output.cut(10)("a  long   error message", 0) == "a long e.."
+
+
+def reconcile_table(text: str) -> list[str]:
+    """The reconcile table's lines: from its header to the first line that is not a table row."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("RESULT", "LEASE ID")))
+    end = start + 2
+    while end < len(lines) and len(lines[end].split()) > 1 and "/" not in lines[end].split()[1]:
+        end += 1  # the lines below the table name each problem with its full lease id (a path)
+    return lines[start:end]
+
+
+def test_the_reconcile_report_fits_120_columns(vault):
+    import requests
+
+    issue_typical_leases(vault)
+    for issued in vault.issued[:2]:  # two leases revoked outside broker: reconcile marks them ended
+        reply = requests.put(
+            f"{vault.url}/v1/sys/leases/revoke",
+            json={"lease_id": issued.lease_id},
+            headers={"X-Vault-Token": vault.root_token},
+            timeout=10,
+        )
+        assert reply.status_code == 204, reply.text
+    wide = run_broker("reconcile", "--vault-list", "--dry-run", "--wide").stdout
+    assert "ACCESS KEY ID" in reconcile_table(wide)[0] and vault.issued[0].lease_id in wide  # ids in full
+    picked = reconcile_table(run_broker("reconcile", "--dry-run", "--columns", "lease_id,result").stdout)
+    assert picked[0].split() == ["LEASE", "ID", "RESULT"] and len(picked) == 4
+    result = run_broker("reconcile", "--vault-list")
+    assert result.returncode == 0, result.stderr
+    lines = reconcile_table(result.stdout)
+    assert lines[0].split()[:3] == ["RESULT", "LEASE", "ID"]
+    assert_fits(lines, 2)
+    assert f"\nended {vault.issued[0].lease_id}: " in result.stdout  # below the table: in full

@@ -21,7 +21,7 @@ from broker.commands.options import (
 )
 from broker.errors import PartialFailure, UsageError
 from broker.listing import LEASES_TABLE, PUBLIC_COLUMNS
-from broker.output import RENEW_TABLE, REVOKE_TABLE
+from broker.output import RECONCILE_TABLE, RENEW_TABLE, REVOKE_TABLE
 from broker.selection import STATES, Selection
 
 
@@ -251,17 +251,25 @@ def renew(
     "--yes", "-y", is_flag=True, help="Do not ask before --revoke-unknown (required when stdin is not a terminal)."
 )
 @format_option(choices=("table", "json"), help="Report format.")
+@table_options(RECONCILE_TABLE)
 @click.option(
     "--fleet", "fleet_wide", is_flag=True, help="Check every host's rows in the fleet ledger (a responder login)."
 )
 @pass_app
 def reconcile(
-    app: App, vault_list: bool, revoke_unknown: bool, dry_run: bool, yes: bool, fmt: str, fleet_wide: bool
+    app: App,
+    vault_list: bool,
+    revoke_unknown: bool,
+    dry_run: bool,
+    yes: bool,
+    fmt: str,
+    wide: bool,
+    columns: list[str] | None,
+    fleet_wide: bool,
 ) -> None:
     """Check the ledger against Vault: mark rows Vault no longer knows as ended (with the reason),
     and with --vault-list find leases Vault holds that the ledger lacks (killed issuances, by hand)."""
-    import json
-
+    from broker import output
     from broker import reconcile as reconciling
 
     if revoke_unknown and not (yes or dry_run or sys.stdin.isatty()):
@@ -270,11 +278,7 @@ def reconcile(
     report = reconciling.reconcile(
         app, vault_list=vault_list, revoke=revoke_unknown, dry_run=dry_run, confirm=confirm, fleet=fleet_wide
     )
-    if fmt == "json":
-        click.echo(json.dumps(reconciling.report_dict(report), indent=2))
-    else:
-        for line in reconciling.render_table(report):
-            click.echo(line)
+    output.render_report(report, fmt, wide=wide, columns=columns)
     if report.failed:
         raise PartialFailure(
             f"{len(report.failed)} reconcile operation(s) failed, first: {report.failed[0]}; "
