@@ -214,11 +214,13 @@ def _create_key_file(path: str) -> bytes:
         return _decode(handle.read(), f"key file {path}")
 
 
-def row_aad(part: str, lease_id: str, cache_key: str | None, access_key_id: str) -> bytes:
+def row_aad(part: str, lease_id: str, cache_key: str | None, access_key_id: str, expires_at: int) -> bytes:
     """The associated data of one sealed field: which field, and the row's identity (lease id,
-    request key, access key id), so a blob copied into another row or field does not open. Every
-    part is read from the row itself, so the hit path computes it from what HIT_QUERY returns."""
-    return "\0".join(("broker/2", part, lease_id, cache_key or "", access_key_id)).encode()
+    request key, access key id and expiry), so a blob copied into another row or field, or left in
+    a row whose expires_at was changed without resealing, does not open. Every part is read from
+    the row itself, so the hit path computes it from what HIT_QUERY returns; whatever changes
+    leases.expires_at of a row with a sealed secret reseals it in the same transaction."""
+    return "\0".join(("broker/3", part, lease_id, cache_key or "", access_key_id, str(int(expires_at)))).encode()
 
 
 def seal(key: bytes, value: str, aad: bytes) -> bytes:
@@ -239,11 +241,18 @@ def unseal(key: bytes, blob: bytes | None, aad: bytes) -> str | None:
 
 
 def seal_credential(
-    key: bytes, lease_id: str, cache_key: str | None, access_key_id: str, secret_key: str, session_token: str | None
+    key: bytes,
+    lease_id: str,
+    cache_key: str | None,
+    access_key_id: str,
+    expires_at: int,
+    secret_key: str,
+    session_token: str | None,
 ) -> tuple[bytes, bytes | None]:
     """(leases.secret, leases.sealed_token): the secret key and the session token sealed apart."""
-    secret = seal(key, secret_key, row_aad("secret", lease_id, cache_key, access_key_id))
-    token = seal(key, session_token, row_aad("token", lease_id, cache_key, access_key_id)) if session_token else None
+    row = (lease_id, cache_key, access_key_id, expires_at)
+    secret = seal(key, secret_key, row_aad("secret", *row))
+    token = seal(key, session_token, row_aad("token", *row)) if session_token else None
     return secret, token
 
 
@@ -252,14 +261,16 @@ def open_credential(
     lease_id: str,
     cache_key: str | None,
     access_key_id: str,
+    expires_at: int,
     secret_blob: bytes | None,
     token_blob: bytes | None,
 ) -> tuple[str, str | None] | None:
     """(secret_key, session_token) of a row, or None when either field does not open."""
-    secret = unseal(key, secret_blob, row_aad("secret", lease_id, cache_key, access_key_id))
+    row = (lease_id, cache_key, access_key_id, expires_at)
+    secret = unseal(key, secret_blob, row_aad("secret", *row))
     if secret is None:
         return None
     if token_blob is None:
         return secret, None
-    token = unseal(key, token_blob, row_aad("token", lease_id, cache_key, access_key_id))
+    token = unseal(key, token_blob, row_aad("token", *row))
     return None if token is None else (secret, token)

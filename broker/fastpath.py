@@ -190,7 +190,7 @@ def _answer(conn: "sqlite3.Connection", env: settings.Env, key: str, newer_than:
     if secret_key is None:
         return None
     _row_id, access_key_id, blob, _started, expires_at, lease_id, token_blob, account_id = hit
-    opened = crypto.open_credential(secret_key, lease_id, key, access_key_id, blob, token_blob)
+    opened = crypto.open_credential(secret_key, lease_id, key, access_key_id, expires_at, blob, token_blob)
     if opened is None:
         return None
     return cache.render_process_json(access_key_id, opened[0], opened[1], expires_at, account_id)

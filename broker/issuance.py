@@ -231,7 +231,7 @@ def cached(
     if row is None:
         return None
     row_id, access_key_id, blob, _started, expires_at, lease_id, token_blob, account_id = row
-    opened = crypto.open_credential(key, lease_id, request.cache_key, access_key_id, blob, token_blob)
+    opened = crypto.open_credential(key, lease_id, request.cache_key, access_key_id, expires_at, blob, token_blob)
     if opened is None:
         log.warning("a cached secret does not open with the current key; discarding it and issuing anew")
         with app.transaction() as session:
@@ -263,10 +263,10 @@ def renew_cached(app: App, request: IssueRequest) -> Credential | None:
     if row is None:
         return None
     key = app.key(create=False)
-    opened = (
-        crypto.open_credential(key, row.lease_id, row.cache_key, row.access_key_id, row.secret, row.sealed_token)
-        if key
-        else None
+    if key is None:
+        return None
+    opened = crypto.open_credential(
+        key, row.lease_id, row.cache_key, row.access_key_id, row.expires_at, row.secret, row.sealed_token
     )
     if opened is None:
         return None
@@ -280,12 +280,31 @@ def renew_cached(app: App, request: IssueRequest) -> Credential | None:
     lifetime = row.expires_at - (row.renewed_at or row.issued_at)
     if duration < min(cache.REFRESH_WINDOW, lifetime) or not cache.reusable(now, expires_at, now):
         log.info("renewal of %s capped at %ss by its max TTL; issuing a new credential", row.lease_id, duration)
-        with app.transaction() as session:  # the ledger keeps Vault's real end; renewed_at stays, so no hit
-            session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at))
+        # The ledger keeps Vault's real end; renewed_at stays, and the secret (sealed for the old
+        # expiry, and never served again) is wiped rather than resealed.
+        with app.transaction() as session:
+            session.execute(
+                update(Lease).where(Lease.id == row.id).values(expires_at=expires_at, secret=None, sealed_token=None)
+            )
             enqueue_for_fleet(app, session, row.id)
         return None
+    # The sealed secret is bound to its row's expiry (crypto.row_aad): reseal it for the new one in
+    # the same transaction, unless it was wiped meanwhile (a revoke, `profile forget`).
+    secret, sealed_token = crypto.seal_credential(
+        key, row.lease_id, row.cache_key, row.access_key_id, expires_at, *opened
+    )
     with app.transaction() as session:
         session.execute(update(Lease).where(Lease.id == row.id).values(expires_at=expires_at, renewed_at=now))
+        session.execute(
+            update(Lease)
+            .where(
+                Lease.id == row.id,
+                Lease.state == "active",
+                Lease.secret.is_not(None),
+                Lease.cache_key == row.cache_key,
+            )
+            .values(secret=secret, sealed_token=sealed_token)
+        )
         enqueue_for_fleet(app, session, row.id)
     log.info("renewed %s until %s", row.lease_id, cache.iso_utc(expires_at))
     return Credential(row.access_key_id, opened[0], opened[1], expires_at, row.id, row.account_id)
@@ -588,7 +607,13 @@ def _record(
     cache_key = request.cache_key if key else None
     secret, sealed_token = (
         crypto.seal_credential(
-            key, issued.lease_id, cache_key, issued.access_key_id, issued.secret_key, issued.session_token
+            key,
+            issued.lease_id,
+            cache_key,
+            issued.access_key_id,
+            issued.expires_at,
+            issued.secret_key,
+            issued.session_token,
         )
         if key
         else (None, None)

@@ -50,18 +50,24 @@ def rotate(app: App) -> Rotation:
     with app.transaction() as session:
         rows = session.execute(
             select(
-                Lease.id, Lease.lease_id, Lease.cache_key, Lease.access_key_id, Lease.secret, Lease.sealed_token
+                Lease.id,
+                Lease.lease_id,
+                Lease.cache_key,
+                Lease.access_key_id,
+                Lease.expires_at,
+                Lease.secret,
+                Lease.sealed_token,
             ).where(Lease.secret.is_not(None))
         )
-        for row_id, lease_id, cache_key, access_key_id, blob, token_blob in rows.all():
-            opened = crypto.open_credential(old, lease_id, cache_key, access_key_id, blob, token_blob)
+        for row_id, lease_id, cache_key, access_key_id, expires_at, blob, token_blob in rows.all():
+            opened = crypto.open_credential(old, lease_id, cache_key, access_key_id, expires_at, blob, token_blob)
             if opened is None:
                 session.execute(
                     update(Lease).where(Lease.id == row_id).values(secret=None, sealed_token=None, cache_key=None)
                 )
                 discarded += 1
                 continue
-            secret, sealed_token = crypto.seal_credential(new, lease_id, cache_key, access_key_id, *opened)
+            secret, sealed_token = crypto.seal_credential(new, lease_id, cache_key, access_key_id, expires_at, *opened)
             session.execute(update(Lease).where(Lease.id == row_id).values(secret=secret, sealed_token=sealed_token))
             reencrypted += 1
         crypto.store_key(app.env, new_text)

@@ -14,15 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, func, select, update
 
-from broker import bulk, durations, issuance, listing
+from broker import bulk, crypto, durations, issuance, listing
 from broker.bulk import Result, Target, VaultPool
 from broker.errors import UsageError
 from broker.models import LEASES
 from broker.selection import Selection
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from broker.app import App
     from broker.vault import Vault
 
@@ -104,13 +106,51 @@ _RECORD = (
 )
 
 
+_RESEAL = (
+    update(LEASES).where(LEASES.c.id == bindparam("row")).values(secret=bindparam("s"), sealed_token=bindparam("t"))
+)
+
+
 def _record(app: App, results: Sequence[Result]) -> None:
     rows: list[dict[str, Any]] = [
         {"row": r.target.row_id, "until": r.expires_at, "at": None if r.outcome == "capped" else r.at} for r in results
     ]
     if not rows:
         return
+    try:
+        key = app.key(create=False)
+    except UsageError:  # an unusable key opens nothing: the secrets are wiped below
+        key = None
     with app.transaction() as session:
+        resealed = _reseal(session, key, {row["row"]: row["until"] for row in rows})
         session.execute(_RECORD, rows)
+        if resealed:
+            session.execute(_RESEAL, resealed)
         for row in rows:
             issuance.enqueue_for_fleet(app, session, row["row"])
+
+
+def _reseal(session: Session, key: bytes | None, until: dict[int, int]) -> list[dict[str, Any]]:
+    """A cached secret is sealed for its row's expiry (crypto.row_aad): open each selected row's
+    secret with the old expires_at and seal it with the new one, in the caller's transaction. A
+    secret that does not open (another key, a damaged or moved blob) is wiped."""
+    c = LEASES.c
+    found: list[Any] = []
+    ids = list(until)
+    for start in range(0, len(ids), bulk.CHUNK):
+        found += session.execute(
+            select(c.id, c.lease_id, c.cache_key, c.access_key_id, c.expires_at, c.secret, c.sealed_token).where(
+                c.id.in_(ids[start : start + bulk.CHUNK]), c.secret.is_not(None)
+            )
+        ).all()
+    params: list[dict[str, Any]] = []
+    for row_id, lease_id, cache_key, access_key_id, expires_at, blob, token_blob in found:
+        opened = None
+        if key is not None:
+            opened = crypto.open_credential(key, lease_id, cache_key, access_key_id, expires_at, blob, token_blob)
+        if key is None or opened is None:
+            params.append({"row": row_id, "s": None, "t": None})
+            continue
+        secret, token = crypto.seal_credential(key, lease_id, cache_key, access_key_id, until[row_id], *opened)
+        params.append({"row": row_id, "s": secret, "t": token})
+    return params

@@ -64,13 +64,18 @@ def test_process_json_escapes_unusual_characters():
 
 def test_sealed_secret_opens_only_with_its_key_and_row():
     key, other = b"k" * 32, b"o" * 32
-    row = ("aws/creds/ci/abc", "vault|ns|aws|creds|ci", "AKIA1")
+    row = ("aws/creds/ci/abc", "vault|ns|aws|creds|ci", "AKIA1", 1_800_000_000)
     secret, token = crypto.seal_credential(key, *row, "secret", "token")
     assert crypto.open_credential(key, *row, secret, token) == ("secret", "token")
     assert crypto.open_credential(other, *row, secret, token) is None
     assert b"secret" not in secret and token is not None and b"token" not in token
     # a blob copied into another row, or into the other field, does not open
-    for moved in (("aws/creds/ci/xyz", row[1], row[2]), (row[0], "other|key", row[2]), (row[0], row[1], "AKIA2")):
+    for moved in (
+        ("aws/creds/ci/xyz", *row[1:]),
+        (row[0], "other|key", *row[2:]),
+        (*row[:2], "AKIA2", row[3]),
+        (*row[:3], row[3] + 3600),  # the same row with another expiry: a renewal must reseal
+    ):
         assert crypto.open_credential(key, *moved, secret, token) is None
     assert crypto.open_credential(key, *row, token, secret) is None
     assert crypto.open_credential(key, *row, *crypto.seal_credential(key, *row, "s", None)) == ("s", None)

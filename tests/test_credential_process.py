@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.support.brokerproc import ROOT, broker_argv, child_env, credential, run_broker
+from tests.support.helpers import update_lease_times
 
 ASSUMED_ROLE_ARN = "arn:aws:iam::123456789012:role/broker-assumed"
 
@@ -239,10 +240,8 @@ def test_a_lease_that_cannot_be_recorded_is_revoked(vault, db_path):
 
 def test_renewable_lease_near_its_end_is_renewed_not_reissued(vault, db_path):
     first = credential("--mount", "aws", "--role", "ci")
-    conn = sqlite3.connect(db_path)
     # pretend the hour has nearly passed: 10 minutes left
-    conn.execute("UPDATE leases SET issued_at = issued_at - 3000, expires_at = expires_at - 3000")
-    conn.commit()
+    update_lease_times(str(db_path), "issued_at = issued_at - 3000, expires_at = expires_at - 3000")
     again = credential("--mount", "aws", "--role", "ci")
     assert again["AccessKeyId"] == first["AccessKeyId"]
     assert len(vault.issued) == 1

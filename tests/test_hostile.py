@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.support.brokerproc import assert_one_line_error, credential, run_broker
+from tests.support.helpers import update_lease_times
 from tests.support.pg import Host, fleet_db, pg  # noqa: F401 - pytest fixtures
 from tests.support.vault_double import VaultDouble, setup_standard_roles
 from tests.test_serve import read_lines, serving  # noqa: F401 - a pytest fixture
@@ -171,8 +172,9 @@ def test_a_dripping_vault_is_cut_off_at_the_total_deadline(vault, monkeypatch):
 
 def test_a_dripping_vault_falls_back_to_the_still_valid_cached_credential(vault, monkeypatch):
     first = credential("--mount", "aws", "--role", "deploy")
-    with sqlite3.connect(os.environ["BROKER_DB"]) as db:  # 10 minutes left of an hour: due for renewal
-        db.execute("UPDATE leases SET issued_at = strftime('%s','now') - 3000, expires_at = strftime('%s','now') + 600")
+    update_lease_times(  # 10 minutes left of an hour: due for renewal
+        os.environ["BROKER_DB"], "issued_at = strftime('%s','now') - 3000, expires_at = strftime('%s','now') + 600"
+    )
     monkeypatch.setenv("BROKER_VAULT_TIMEOUT", "2")
     vault.inject_fault("drip", count=1, path_contains="aws/creds/deploy", interval=0.5)
     result = run_broker("credential-process", "--mount", "aws", "--role", "deploy", timeout=45)
@@ -518,6 +520,42 @@ def test_a_sealed_blob_copied_into_another_row_does_not_open(vault):
             (again["AccessKeyId"],),
         )
     assert credential("--mount", "aws", "--role", "fed")["AccessKeyId"] != again["AccessKeyId"]
+
+
+def test_a_sealed_blob_bound_to_another_expiry_does_not_open_and_renew_reseals(vault, cli):
+    from broker import cache, crypto, settings
+
+    first = credential("--mount", "aws", "--role", "ci")  # iam_user: renewable
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        row = db.execute(
+            "SELECT id, lease_id, cache_key, access_key_id, expires_at, secret, sealed_token FROM leases"
+        ).fetchone()
+    row_id, lease_id, cache_key, key_id, expires_at, secret, token = row
+    key = crypto.load_key(settings.load())
+    assert key is not None
+    assert crypto.open_credential(key, lease_id, cache_key, key_id, expires_at, secret, token) is not None
+    # the same lease id and cache key with another expiry: the blob does not open
+    assert crypto.open_credential(key, lease_id, cache_key, key_id, expires_at + 86400, secret, token) is None
+    # someone who can write the database stretches the row's expiry: not served, issued anew
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        db.execute("UPDATE leases SET expires_at = expires_at + 86400 WHERE id = ?", (row_id,))
+    again = credential("--mount", "aws", "--role", "ci")
+    assert again["AccessKeyId"] != first["AccessKeyId"]
+    # `broker renew --all` moves expires_at and reseals in the same transaction: still a cache hit
+    proc = cli(["renew", "--all", "--increment", "2h"])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 renewed" in proc.stdout
+    with sqlite3.connect(os.environ["BROKER_DB"]) as db:
+        (renewed,) = db.execute(
+            "SELECT expires_at FROM leases WHERE access_key_id = ?", (again["AccessKeyId"],)
+        ).fetchone()
+    assert renewed != again["Expiration"] and cache.iso_utc(renewed) != again["Expiration"]
+    issued = len(vault.issued)
+    hit = run_broker("-v", "credential-process", "--mount", "aws", "--role", "ci")
+    assert hit.returncode == 0, hit.stderr
+    served = json.loads(hit.stdout)
+    assert served["AccessKeyId"] == again["AccessKeyId"] and served["Expiration"] == cache.iso_utc(renewed)
+    assert "hit:" in hit.stderr and len(vault.issued) == issued  # from the cache: no issuance
 
 
 def test_origins_compare_scheme_host_and_port():

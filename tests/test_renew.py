@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 from tests.support.brokerproc import run_broker
+from tests.support.helpers import update_lease_times
 
 
 def issue(*args):
@@ -24,14 +25,6 @@ def row_of(key_id):
         return dict(conn.execute("SELECT * FROM leases WHERE access_key_id = ?", (key_id,)).fetchone())
     finally:
         conn.close()
-
-
-def set_row(key_id, **values):
-    conn = sqlite3.connect(os.environ["BROKER_DB"])
-    with conn:
-        assignments = ", ".join(f"{k} = ?" for k in values)
-        conn.execute(f"UPDATE leases SET {assignments} WHERE access_key_id = ?", (*values.values(), key_id))
-    conn.close()
 
 
 def test_renew_extends_iam_user_leases_and_reports_sts_as_not_renewable(vault, cli):
@@ -83,7 +76,13 @@ def test_renew_failures_exit_non_zero_and_unknown_leases_are_usage_errors(vault,
 def _near_its_end(key_id):
     """Make the cached lease no longer a cache hit (under 15 minutes left) but still renewable."""
     now = int(time.time())
-    set_row(key_id, issued_at=now - 3000, expires_at=now + 600)
+    update_lease_times(
+        os.environ["BROKER_DB"],
+        "issued_at = ?, expires_at = ?",
+        "access_key_id = ?",
+        (key_id,),
+        values=(now - 3000, now + 600),
+    )
 
 
 def test_credential_process_renews_a_cached_iam_user_lease_near_its_end(vault):

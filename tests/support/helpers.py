@@ -37,3 +37,37 @@ def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float =
             break
         time.sleep(min(interval, remaining))
     raise TimeoutError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def update_lease_times(
+    db_path: str,
+    assignments: str,
+    where: str = "1",
+    params: tuple[object, ...] = (),
+    values: tuple[object, ...] = (),
+) -> None:
+    """`UPDATE leases SET <assignments> WHERE <where>` (`values` bind the first, `params` the
+    second) as the broker itself changes a row's expiry: each cached secret is opened for the old
+    expires_at and resealed for the new one (the associated data binds a blob to its row's expiry,
+    so a bare UPDATE would leave it unopenable)."""
+    import sqlite3
+
+    from broker import crypto, settings
+
+    key = crypto.load_key(settings.load())
+    assert key is not None, "no broker key yet: issue a credential first"
+    columns = "id, lease_id, cache_key, access_key_id, expires_at, secret, sealed_token"
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            rows = conn.execute(f"SELECT {columns} FROM leases WHERE ({where}) AND secret IS NOT NULL", params)
+            opened = {r[0]: (r[1:4], crypto.open_credential(key, *r[1:])) for r in rows.fetchall()}
+            conn.execute(f"UPDATE leases SET {assignments} WHERE {where}", (*values, *params))
+            for row_id, (identity, credential) in opened.items():
+                if credential is None:
+                    continue
+                (expires_at,) = conn.execute("SELECT expires_at FROM leases WHERE id = ?", (row_id,)).fetchone()
+                secret, token = crypto.seal_credential(key, *identity, expires_at, *credential)
+                conn.execute("UPDATE leases SET secret = ?, sealed_token = ? WHERE id = ?", (secret, token, row_id))
+    finally:
+        conn.close()
