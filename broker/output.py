@@ -280,9 +280,13 @@ REVOKE_TABLE = TableSpec(
         Column("expires_at", "EXPIRES", relative_time),
         Column("result", "RESULT"),
         Column("error", "ERROR", cut(28)),
+        Column("host", "HOST"),
+        Column("user", "USER"),
+        Column("db_user", "PUSHED BY"),
     ),
     default=("lease_id", "credential_type", "access_key_id", "role", "expires_at", "result", "error"),
 )
+FLEET_ONLY = ("host", "user", "db_user")  # revoke report columns only fleet rows have
 RENEW_TABLE = TableSpec(
     columns=(
         Column("lease_id", "LEASE ID", short_id, SHORT_ID_CHARS + 2),
@@ -342,7 +346,12 @@ def render_report(
 
         out.write(json.dumps(report_dict(report), indent=2) + "\n")
     else:
-        _revoke_report(report, out, REVOKE_TABLE.choose(wide, columns), wide)
+        shown = REVOKE_TABLE.choose(wide, columns)
+        if not report.fleet and not columns:  # a local report has no host columns
+            shown = [c for c in shown if c not in FLEET_ONLY]
+        elif report.fleet and not (wide or columns):  # whose rows: the host, and the login that pushed them
+            shown = ["host", "db_user", *shown]
+        _revoke_report(report, out, shown, wide)
 
 
 def _revoke_report(report: RevokeReport, out: TextIO, columns: list[str], wide: bool) -> None:
@@ -351,7 +360,7 @@ def _revoke_report(report: RevokeReport, out: TextIO, columns: list[str], wide: 
     from broker import policies
 
     out.write(_revoke_summary(report) + "\n")
-    rows = [{**r.target.public(), "result": r.outcome, "error": r.error} for r in report.results]
+    rows = [{**r.target.public(fleet=report.fleet), "result": r.outcome, "error": r.error} for r in report.results]
     if rows:
         out.write("\n")
         render_table(REVOKE_TABLE, rows, columns, wide=wide, out=out)

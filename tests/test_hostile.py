@@ -263,6 +263,8 @@ def test_a_planted_lease_id_cannot_steer_a_responders_revoke(tmp_path, pg, fleet
     ]
     assert _psql(pg, "host_a", fleet_db, "".join(planted)).returncode == 0
     desk = Host(tmp_path, "desk-1", pg.url("resp_1", fleet_db), user="oncall")
+    plan = desk.broker("revoke", "--fleet", "--role", "dev", "--dry-run")  # the table report: whose rows
+    assert "PUSHED BY" in plan.stdout and "host_a" in plan.stdout  # (exit 8: the planted rows are refused)
     result = desk.broker("revoke", "--fleet", "--role", "dev", "--yes", "--format", "json")
     report = json.loads(result.stdout)
     assert result.returncode != 0
