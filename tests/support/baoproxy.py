@@ -15,7 +15,6 @@ for the caching trap). start() waits (bounded) until the proxy forwards `sys/hea
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tests.support.helpers import free_port
+from tests.support.helpers import ServerProcess, free_port
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -49,7 +48,9 @@ def available() -> str | None:
     return None
 
 
-class BaoProxy:
+class BaoProxy(ServerProcess):
+    LOG_TAIL_CHARS = 3000
+
     """One `bao proxy` process in front of a Vault(-double) address."""
 
     def __init__(
@@ -159,26 +160,9 @@ class BaoProxy:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT)
 
-    def stop(self) -> None:
-        self._terminate()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> BaoProxy:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            with open(self.log_file, encoding="utf-8", errors="replace") as fh:
-                return fh.read()[-chars:]
-        except OSError:
-            return "(no log)"
+    @property
+    def log_path(self) -> str:
+        return self.log_file
 
 
 # -- pytest fixtures (import into a test module: `from tests.support.baoproxy import bao_proxy, make_bao_proxy`) --

@@ -71,3 +71,41 @@ def update_lease_times(
                 conn.execute("UPDATE leases SET secret = ?, sealed_token = ? WHERE id = ?", (secret, token, row_id))
     finally:
         conn.close()
+
+
+class ServerProcess:
+    """The life cycle two test servers share (bao proxy, PgBouncer): `start()` and `_terminate()`
+    are theirs; stopping removes their private directory `dir`, and `log_path` is their log."""
+
+    dir: str
+    log_path: str
+    LOG_TAIL_CHARS = 2000
+
+    def start(self) -> ServerProcess:
+        raise NotImplementedError
+
+    def _terminate(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        import shutil
+
+        self._terminate()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, chars: int | None = None) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()[-(chars or self.LOG_TAIL_CHARS) :]
+        except OSError:
+            return "(no log)"

@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from tests.support.helpers import ServerProcess
 from tests.support.pg import HOST_ROLES, OWNER, RESPONDER_ROLES, PostgresServer, free_port
 
 PGBOUNCER = os.environ.get("BROKER_TEST_PGBOUNCER", shutil.which("pgbouncer") or "/usr/sbin/pgbouncer")
@@ -57,7 +58,7 @@ def available() -> str | None:
     return None
 
 
-class PgBouncer:
+class PgBouncer(ServerProcess):
     """One pgbouncer process; start() waits (bounded) until its admin console answers."""
 
     def __init__(
@@ -193,26 +194,9 @@ class PgBouncer:
                 proc.kill()
                 proc.wait(timeout=STOP_TIMEOUT)
 
-    def stop(self) -> None:
-        self._terminate()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PgBouncer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, chars: int = 2000) -> str:
-        try:
-            with open(self.logfile, encoding="utf-8", errors="replace") as fh:
-                return fh.read()[-chars:]
-        except OSError:
-            return "(no log)"
+    @property
+    def log_path(self) -> str:
+        return self.logfile
 
     # -- addresses (same shape as PostgresServer.url) ------------------------------------------------
 
